@@ -1,0 +1,222 @@
+"""The Kafka side of every service: topic creation, a producer with acks=all (the
+embedded broker has no idempotent producer, so consumers are idempotent instead) and a
+consume loop that sends anything unusable to the dead-letter topic and goes on."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from services.common import metrics
+from services.common.errors import BadMessage, InfraError
+from services.common.schemas import (
+    DeadLetter,
+    Envelope,
+    Message,
+    Topic,
+    decode,
+    encode,
+    wrap,
+)
+
+log = logging.getLogger(__name__)
+
+PARTITIONS: dict[Topic, int] = {
+    Topic.HEARTBEATS: 8,
+    Topic.HOST_EVENTS: 4,
+    Topic.PLANS: 4,
+    Topic.ORDERS: 8,
+    Topic.RESULTS: 4,
+    Topic.EVACUATIONS: 2,
+    Topic.DEAD_LETTER: 1,
+}
+
+# Errors that mean "the infrastructure is not there right now": retry, never dead-letter.
+TRANSIENT: tuple[type[BaseException], ...] = (InfraError, OSError, KafkaError, asyncio.TimeoutError)
+
+
+async def ensure_topics(bootstrap: str) -> None:
+    """Create every topic of the catalogue that does not exist yet."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [
+            NewTopic(name=str(t), num_partitions=n, replication_factor=1)
+            for t, n in PARTITIONS.items()
+            if str(t) not in existing
+        ]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        await admin.close()
+
+
+class Producer:
+    def __init__(self, bootstrap: str, source: str) -> None:
+        self.source = source
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", linger_ms=2, enable_idempotence=False
+        )
+
+    async def start(self) -> None:
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    async def publish(self, message: Message, message_id: str | None = None) -> Envelope:
+        env = wrap(message, self.source, message_id)
+        await self.send_raw(str(type(message).TOPIC), message.key(), encode(env))
+        return env
+
+    async def send_raw(self, topic: str, key: str | None, value: bytes) -> None:
+        await self._producer.send_and_wait(topic, value, key=key.encode() if key else None)
+
+    async def send_many(self, rows: Iterable[tuple[str, str | None, bytes]]) -> None:
+        futures = [
+            await self._producer.send(topic, value, key=key.encode() if key else None)
+            for topic, key, value in rows
+        ]
+        await asyncio.gather(*futures)
+
+    async def dead_letter(self, record: ConsumerRecord, reason: str, consumer: str) -> None:
+        key = record.key.decode(errors="backslashreplace") if record.key else None
+        raw: bytes = record.value or b""
+        letter = DeadLetter(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            original_key=key,
+            original=raw.decode("utf-8", errors="backslashreplace"),
+            reason=reason,
+            consumer=consumer,
+        )
+        await self.publish(letter)
+        metrics.DEAD_LETTERS.labels(consumer=consumer, topic=record.topic).inc()
+        log.warning(
+            "dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason
+        )
+
+
+Handler = Callable[[Envelope, Message], Awaitable[None]]
+
+
+@dataclass
+class ConsumerSpec:
+    name: str  # used in logs, metrics and dead letters
+    group: str
+    topics: tuple[str, ...]
+    handler: Handler
+    types: frozenset[str] | None = None  # message types to handle; others are skipped
+    key: str | None = None  # only handle records with this key (executor: its host)
+    auto_offset_reset: str = "earliest"
+    max_handler_attempts: int = 3
+
+
+class ConsumeLoop:
+    """Consume, decode, handle, commit. Bad messages go to the dead-letter topic.
+
+    A handler that raises a transient error (database or broker unreachable) is retried
+    with backoff and the offset is not committed; one that raises anything else
+    ``max_handler_attempts`` times is dead-lettered with the error, so one poison
+    message never blocks its partition.
+    """
+
+    def __init__(self, bootstrap: str, spec: ConsumerSpec, producer: Producer, fetch_max_wait_ms: int) -> None:
+        self.spec = spec
+        self.producer = producer
+        self.consumer = AIOKafkaConsumer(
+            *spec.topics,
+            bootstrap_servers=bootstrap,
+            group_id=spec.group,
+            enable_auto_commit=False,
+            auto_offset_reset=spec.auto_offset_reset,
+            fetch_max_wait_ms=fetch_max_wait_ms,
+            max_poll_records=500,
+        )
+        self.ready = asyncio.Event()
+
+    async def start(self) -> None:
+        await self.consumer.start()
+
+    async def stop(self) -> None:
+        await self.consumer.stop()
+
+    async def wait_assigned(self, timeout: float = 30.0) -> None:
+        """Block until partitions are assigned and their positions resolved, so that
+        nothing published after this returns can be missed (matters for 'latest')."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self.consumer.assignment():
+            if loop.time() > deadline:
+                raise InfraError(f"{self.spec.name}: no partitions assigned after {timeout}s")
+            await asyncio.sleep(0.05)
+        for tp in self.consumer.assignment():
+            await self.consumer.position(tp)
+        self.ready.set()
+
+    async def run(self) -> None:
+        spec = self.spec
+        while True:
+            batch = await self.consumer.getmany(timeout_ms=1000)
+            if not self.ready.is_set() and self.consumer.assignment():
+                self.ready.set()
+            for tp, records in batch.items():
+                for record in records:
+                    await self._handle(record)
+                await self._commit(tp, records[-1].offset + 1)
+            if not batch:
+                continue
+            log.debug("%s handled %d records", spec.name, sum(len(r) for r in batch.values()))
+
+    async def _commit(self, tp: TopicPartition, offset: int) -> None:
+        try:
+            await self.consumer.commit({tp: offset})
+        except KafkaError as exc:  # a rebalance: the next owner re-reads; handlers are idempotent
+            log.warning("%s: commit of %s@%d failed: %s", self.spec.name, tp, offset, exc)
+
+    async def _handle(self, record: ConsumerRecord) -> None:
+        spec = self.spec
+        if spec.key is not None and (record.key or b"").decode(errors="replace") != spec.key:
+            return
+        try:
+            env, msg = decode(record.value)
+        except BadMessage as exc:
+            await self.producer.dead_letter(record, str(exc), spec.name)
+            return
+        if spec.types is not None and env.type not in spec.types:
+            return
+        attempt = 0
+        backoff = 0.2
+        while True:
+            attempt += 1
+            try:
+                with metrics.HANDLER_SECONDS.labels(consumer=spec.name, type=env.type).time():
+                    await spec.handler(env, msg)
+                metrics.HANDLED.labels(consumer=spec.name, type=env.type).inc()
+                return
+            except BadMessage as exc:
+                await self.producer.dead_letter(record, f"{env.type} {env.id}: {exc}", spec.name)
+                return
+            except TRANSIENT as exc:
+                log.warning("%s: %s %s: transient error, retrying: %r", spec.name, env.type, env.id, exc)
+            except Exception as exc:  # noqa: BLE001 - a poison message must not stop the loop
+                metrics.FAILED.labels(consumer=spec.name, type=env.type).inc()
+                log.exception("%s: handler failed on %s %s (attempt %d)", spec.name, env.type, env.id, attempt)
+                if attempt >= spec.max_handler_attempts:
+                    await self.producer.dead_letter(
+                        record, f"handler failed {attempt} times: {exc!r}", spec.name
+                    )
+                    return
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)

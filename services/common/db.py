@@ -1,0 +1,91 @@
+"""The asyncpg pool and the SQL migrations (services/common/migrations/NNN_name.sql)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from importlib import resources
+from typing import Any
+
+import asyncpg
+
+from services.common.errors import InfraError
+
+log = logging.getLogger(__name__)
+
+MIGRATION_LOCK = 72_410_001  # pg_advisory_lock key: one migrator at a time
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def connect_pool(url: str, min_size: int = 1, max_size: int = 5) -> asyncpg.Pool:
+    try:
+        pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, init=_init_connection)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise InfraError(f"cannot connect to PostgreSQL at {redact(url)}: {exc}") from exc
+    assert pool is not None
+    return pool
+
+
+def redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        cred, host = rest.rsplit("@", 1)
+        user = cred.split(":", 1)[0]
+        return f"{scheme}://{user}@{host}"
+    return url
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    files = resources.files("services.common") / "migrations"
+    out = []
+    for f in sorted(files.iterdir(), key=lambda p: p.name):
+        if f.name.endswith(".sql"):
+            out.append((int(f.name.split("_", 1)[0]), f.name, f.read_text()))
+    return out
+
+
+async def migrate(url: str) -> list[str]:
+    """Apply the migrations not applied yet; returns the names applied."""
+    conn: asyncpg.Connection = await asyncpg.connect(url)
+    applied: list[str] = []
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version int PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        for version, name, sql in migrations():
+            if version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(sql)
+                await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name)
+            applied.append(name)
+            log.info("applied migration %s", name)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+        await conn.close()
+    return applied
+
+
+async def already_processed(conn: asyncpg.Connection, consumer: str, message_id: str) -> bool:
+    """Record a message id for a consumer inside the caller's transaction.
+    True when it was handled before (the caller then does nothing)."""
+    row = await conn.fetchrow(
+        "INSERT INTO processed_messages (consumer, message_id) VALUES ($1, $2)"
+        " ON CONFLICT DO NOTHING RETURNING 1",
+        consumer, message_id,
+    )
+    return row is None
+
+
+async def audit(conn: asyncpg.Connection, kind: str, detail: str, *, host: str | None = None,
+                evacuation_id: Any = None, data: dict[str, Any] | None = None) -> None:
+    await conn.execute(
+        "INSERT INTO audit (kind, detail, host, evacuation_id, data) VALUES ($1, $2, $3, $4, $5)",
+        kind, detail, host, evacuation_id, data or {},
+    )

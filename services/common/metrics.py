@@ -1,0 +1,20 @@
+"""Prometheus metrics shared by every service (served on /metrics by services.common.health)."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+HANDLED = Counter("evacuate_messages_handled_total", "Messages handled", ["consumer", "type"])
+FAILED = Counter("evacuate_messages_failed_total", "Handler failures", ["consumer", "type"])
+DEAD_LETTERS = Counter("evacuate_dead_letters_total", "Messages dead-lettered", ["consumer", "topic"])
+HANDLER_SECONDS = Histogram(
+    "evacuate_handler_seconds", "Handler latency", ["consumer", "type"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+OUTBOX_PUBLISHED = Counter("evacuate_outbox_published_total", "Outbox rows published", ["service"])
+EVACUATIONS = Counter("evacuate_evacuations_total", "Evacuations closed by outcome", ["status"])
+RECOVERY_SECONDS = Histogram(
+    "evacuate_recovery_seconds", "Evacuation time from plan to last result",
+    buckets=(0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300),
+)
+FENCE_ATTEMPTS = Counter("evacuate_fence_attempts_total", "Fence attempts", ["driver", "ok"])
+HOSTS_BY_STATE = Gauge("evacuate_hosts", "Hosts by detector state", ["state"])
+REBUILDS = Counter("evacuate_rebuilds_total", "Rebuilds on this executor", ["ok"])

@@ -1,0 +1,92 @@
+"""Settings from ``EVACUATE_*`` environment variables: one pydantic-settings model per
+service, all sharing the connection settings. Invalid settings fail fast at start with
+a message naming the variable and what is valid (exit code 2)."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from typing import Literal, TypeVar
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.common.errors import ConfigError
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EVACUATE_", extra="ignore")
+
+    kafka_bootstrap: str = Field(
+        "", description="Kafka bootstrap servers (host:port,...). Empty: none configured."
+    )
+    database_url: str = Field(
+        "", description="PostgreSQL URL (postgresql://user@host:port/db). Empty: none configured."
+    )
+    fetch_max_wait_ms: int = Field(
+        20,
+        ge=1,
+        le=10_000,
+        description="Kafka consumer fetch wait. Keep small (10-20) on the embedded broker, "
+        "which does not answer a waiting fetch early (see docs).",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    health_port: int = Field(0, ge=0, le=65535, description="Port of /healthz and /metrics; 0: off")
+
+
+class DetectorSettings(CommonSettings):
+    heartbeat_interval: float = Field(1.0, gt=0, le=60, description="Seconds between heartbeats")
+    misses_before_suspect: int = Field(3, ge=1, le=100)
+    profile: Literal["production", "aggressive"] = Field(
+        "production", description="Timing profile of the failure detector"
+    )
+    tick_interval: float = Field(0.1, gt=0, le=5)
+
+
+class PlannerSettings(CommonSettings):
+    max_attempts: int = Field(3, ge=1, le=20, description="Rebuild attempts per instance")
+    result_timeout: float = Field(
+        120.0, gt=0, description="Seconds to wait for a RebuildResult before retrying"
+    )
+
+
+class TemplaterSettings(CommonSettings):
+    pass
+
+
+class ExecutorSettings(CommonSettings):
+    host: str = Field(default_factory=socket.gethostname, description="This compute host's name")
+    libvirt_uri: str = Field("qemu:///system", description="libvirt connection URI")
+    shared_storage: str = Field(
+        "/var/lib/evacuate/shared", description="Path of the shared storage, same on every host"
+    )
+    heartbeat_interval: float = Field(1.0, gt=0, le=60)
+    fence_driver: Literal["process", "redfish", "ipmi", "manual"] = "process"
+    fence_target: str = Field("", description="BMC address for redfish/ipmi; empty for process")
+    max_concurrent_rebuilds: int = Field(8, ge=1, le=256)
+    inventory_interval: float = Field(
+        5.0, gt=0, description="Seconds between full inventory reports (also sent on change)"
+    )
+
+
+S = TypeVar("S", bound=CommonSettings)
+
+
+def load(cls: type[S]) -> S:
+    """Read settings; raise ConfigError naming the variable on a bad value."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            var = "EVACUATE_" + "_".join(str(p) for p in err["loc"]).upper()
+            lines.append(f"{var}={err.get('input')!r}: {err['msg']}")
+        raise ConfigError("invalid settings: " + "; ".join(lines)) from None
+
+
+def load_or_exit(cls: type[S]) -> S:
+    try:
+        return load(cls)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,117 @@
+"""Reading and rewriting libvirt domain XML: identity, disks, NICs, evacuability.
+Pure functions over strings."""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+from services.common.errors import RebuildError
+from services.common.schemas import Disk, Nic
+
+METADATA_NS = "urn:evacuate:1"
+
+
+@dataclass(frozen=True)
+class DomainFacts:
+    uuid: str
+    name: str
+    vcpus: int
+    memory_mib: int
+    disks: tuple[Disk, ...]
+    nics: tuple[Nic, ...]
+    evacuable: bool
+    not_evacuable_reason: str | None
+
+
+def parse_domain(xml: str, shared_storage: str) -> DomainFacts:
+    """Facts of a domain; raises RebuildError('validate', ...) on XML that is not a domain."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as exc:
+        raise RebuildError("validate", f"malformed domain XML: {exc}") from None
+    if root.tag != "domain":
+        raise RebuildError("validate", f"root element is <{root.tag}>, expected <domain>")
+    uuid = (root.findtext("uuid") or "").strip().lower()
+    name = (root.findtext("name") or "").strip()
+    if not uuid or not name:
+        raise RebuildError("validate", "domain XML has no <uuid> or no <name>")
+    memory = root.find("memory")
+    memory_mib = _to_mib(memory.text or "0", memory.get("unit", "KiB")) if memory is not None else 0
+    vcpus = int((root.findtext("vcpu") or "1").strip())
+    ips = _metadata_ips(root)
+    disks = []
+    for d in root.findall("./devices/disk"):
+        if d.get("device", "disk") not in ("disk", "lun"):
+            continue  # cdrom/floppy (e.g. a config drive) is not a VM disk
+        src = d.find("source")
+        target = d.find("target")
+        tdev = target.get("dev", "?") if target is not None else "?"
+        if d.get("type") == "network":
+            proto = src.get("protocol", "net") if src is not None else "net"
+            name = src.get("name", "") if src is not None else ""
+            disks.append(Disk(target=tdev, path=f"{proto}:{name}", shared=True))
+            continue
+        path = ""
+        if src is not None:
+            path = src.get("file") or src.get("dev") or src.get("volume") or ""
+        disks.append(Disk(target=tdev, path=path, shared=is_shared(path, shared_storage)))
+    nics = []
+    for i in root.findall("./devices/interface"):
+        mac = i.find("mac")
+        if mac is not None and mac.get("address"):
+            addr = mac.get("address", "").lower()
+            nics.append(Nic(mac=addr, ip=ips.get(addr)))
+    reason = None
+    for disk in disks:
+        if not disk.shared:
+            reason = f"disk {disk.target} ({disk.path or 'no source'}) is not on shared storage {shared_storage}"
+            break
+    return DomainFacts(uuid, name, vcpus, memory_mib, tuple(disks), tuple(nics), reason is None, reason)
+
+
+def is_shared(path: str, shared_storage: str) -> bool:
+    if not path:
+        return False
+    root = os.path.normpath(shared_storage)
+    return os.path.normpath(path).startswith(root + os.sep)
+
+
+def _to_mib(value: str, unit: str) -> int:
+    factors = {"b": 1 / 2**20, "bytes": 1 / 2**20, "k": 1 / 1024, "kib": 1 / 1024, "kb": 1000 / 2**20,
+               "m": 1, "mib": 1, "mb": 10**6 / 2**20, "g": 1024, "gib": 1024, "gb": 10**9 / 2**20}
+    return int(int(value.strip()) * factors.get(unit.lower(), 1 / 1024))
+
+
+def _metadata_ips(root: ET.Element) -> dict[str, str]:
+    out = {}
+    for nic in root.iter(f"{{{METADATA_NS}}}nic"):
+        mac, ip = nic.get("mac"), nic.get("ip")
+        if mac and ip:
+            out[mac.lower()] = ip
+    return out
+
+
+def with_config_drive(xml: str, iso_path: str) -> str:
+    """Attach (or re-point) the config-drive cdrom; everything else stays as it was."""
+    root = ET.fromstring(xml)
+    devices = root.find("devices")
+    if devices is None:
+        devices = ET.SubElement(root, "devices")
+    for d in devices.findall("disk"):
+        if d.get("device") == "cdrom" and (d.findtext("serial") or "") == "config-2":
+            devices.remove(d)
+    disk = ET.SubElement(devices, "disk", {"type": "file", "device": "cdrom"})
+    ET.SubElement(disk, "driver", {"name": "qemu", "type": "raw"})
+    ET.SubElement(disk, "source", {"file": iso_path})
+    ET.SubElement(disk, "target", {"dev": "hdd", "bus": "ide"})
+    ET.SubElement(disk, "readonly")
+    ET.SubElement(disk, "serial").text = "config-2"
+    return ET.tostring(root, encoding="unicode")
+
+
+def same_identity(a: str, b: str) -> bool:
+    """Two domain XMLs describe the same VM: same UUID, name and MAC addresses."""
+    fa, fb = parse_domain(a, "/"), parse_domain(b, "/")
+    return (fa.uuid, fa.name, sorted(n.mac for n in fa.nics)) == (fb.uuid, fb.name, sorted(n.mac for n in fb.nics))

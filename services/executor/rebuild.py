@@ -1,0 +1,95 @@
+"""A rebuild as named steps (validate → take lease → define → attach config drive →
+start → verify), each timed and reported; on failure the lease is released."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+from pathlib import Path
+
+from libvirt import VIR_DOMAIN_XML_INACTIVE
+
+from services.common.errors import RebuildError
+from services.common.schemas import PowerState, RebuildOrder, Step
+from services.executor.domain_xml import parse_domain, same_identity, with_config_drive
+from services.executor.hypervisor import Hypervisor
+from services.executor.leases import LeaseStore
+
+
+class Steps:
+    def __init__(self) -> None:
+        self.done: list[Step] = []
+
+    def ok(self, name: str, started: float, detail: str = "") -> None:
+        self.done.append(Step(name=name, ok=True, seconds=round(time.perf_counter() - started, 6), detail=detail))
+
+    def fail(self, name: str, started: float, detail: str) -> None:
+        self.done.append(Step(name=name, ok=False, seconds=round(time.perf_counter() - started, 6), detail=detail))
+
+
+def rebuild(hv: Hypervisor, leases: LeaseStore, order: RebuildOrder, host: str,
+            config_drive_dir: Path) -> tuple[Steps, PowerState]:
+    """Run the steps; raises RebuildError (with the steps so far in ``err.steps``)."""
+    steps = Steps()
+    step = "validate"
+    t = time.perf_counter()
+    try:
+        if order.target != host:
+            raise RebuildError(step, f"order is for host {order.target!r}, this is {host!r}")
+        facts = parse_domain(order.xml, hv.shared_storage)
+        if facts.uuid != order.instance_uuid.lower():
+            raise RebuildError(step, f"XML uuid {facts.uuid} differs from the order's {order.instance_uuid}")
+        if not facts.evacuable:
+            raise RebuildError(step, facts.not_evacuable_reason or "not evacuable")
+        for disk in facts.disks:
+            if not disk.path.startswith(("rbd:", "iscsi:", "nbd:", "net:")) and not Path(disk.path).exists():
+                raise RebuildError(step, f"disk {disk.target} missing: {disk.path} does not exist on {host}")
+        steps.ok(step, t)
+
+        existing = hv.lookup(order.instance_uuid)
+        want_running = order.power_state in (PowerState.RUNNING, PowerState.PAUSED)
+        if want_running:
+            step, t = "take-lease", time.perf_counter()
+            held = leases.acquire(order.instance_uuid)
+            if held is not None:
+                raise RebuildError(step, f"lease held by {held.holder} (renewed {held.age:.1f}s ago)")
+            steps.ok(step, t)
+
+        xml = order.xml
+        step, t = "define", time.perf_counter()
+        if existing is not None:
+            if not same_identity(existing.XMLDesc(VIR_DOMAIN_XML_INACTIVE), order.xml):
+                raise RebuildError(step, f"a different domain with uuid {order.instance_uuid} exists here")
+            dom = existing
+            steps.ok(step, t, "already defined (redelivered order)")
+        else:
+            dom = hv.define(xml)
+            steps.ok(step, t)
+
+        if order.config_drive_b64:
+            step, t = "attach-config-drive", time.perf_counter()
+            iso = base64.b64decode(order.config_drive_b64)
+            config_drive_dir.mkdir(parents=True, exist_ok=True)
+            path = config_drive_dir / f"{order.instance_uuid}.iso"
+            path.write_bytes(iso)
+            dom = hv.define(with_config_drive(dom.XMLDesc(VIR_DOMAIN_XML_INACTIVE), str(path)))
+            steps.ok(step, t, f"{len(iso)} bytes sha256 {hashlib.sha256(iso).hexdigest()[:16]}")
+
+        if want_running:
+            step, t = "start", time.perf_counter()
+            hv.start(dom, paused=order.power_state == PowerState.PAUSED)
+            steps.ok(step, t)
+        step, t = "verify", time.perf_counter()
+        state = hv.power_state(dom)
+        if want_running and state != order.power_state:
+            raise RebuildError(step, f"domain is {state}, expected {order.power_state}")
+        if not want_running and state not in (PowerState.SHUTOFF, PowerState.CRASHED):
+            raise RebuildError(step, f"domain is {state}, expected shut off")
+        steps.ok(step, t, str(state))
+        return steps, state
+    except RebuildError as exc:
+        steps.fail(exc.step, t, exc.message)
+        leases.release(order.instance_uuid)  # only removes a lease this host holds
+        exc.steps = steps  # type: ignore[attr-defined]
+        raise

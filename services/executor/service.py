@@ -1,0 +1,165 @@
+"""The executor: one per compute host, the only service that touches a hypervisor. It
+holds no database credentials; everything it needs arrives in its messages."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from services.common import metrics
+from services.common.bus import ConsumeLoop, ConsumerSpec, Producer, ensure_topics
+from services.common.errors import RebuildError
+from services.common.runtime import gather_forever, require_infra, retry_start
+from services.common.schemas import (
+    CleanupOrder,
+    CleanupResult,
+    Envelope,
+    HostHeartbeat,
+    InstanceReport,
+    Message,
+    RebuildOrder,
+    RebuildResult,
+    Topic,
+)
+from services.common.settings import ExecutorSettings
+from services.executor.hypervisor import Hypervisor
+from services.executor.leases import LeaseStore
+from services.executor.rebuild import rebuild
+
+log = logging.getLogger("services.executor")
+
+
+class Executor:
+    def __init__(self, settings: ExecutorSettings) -> None:
+        self.s = settings
+        self.host = settings.host
+        self.hv = Hypervisor(settings.libvirt_uri, settings.shared_storage)
+        self.leases = LeaseStore(settings.shared_storage, self.host, timeout=2.5 * settings.heartbeat_interval)
+        self.producer = Producer(settings.kafka_bootstrap, f"executor@{self.host}")
+        self.pool = ThreadPoolExecutor(max_workers=settings.max_concurrent_rebuilds, thread_name_prefix="rebuild")
+        self.limit = asyncio.Semaphore(settings.max_concurrent_rebuilds)
+        self.changed = asyncio.Event()
+        self.config_drive_dir = Path(settings.shared_storage) / ".evacuate" / "config-drives" / self.host
+        self.orders = ConsumeLoop(
+            settings.kafka_bootstrap,
+            ConsumerSpec(
+                name=f"executor@{self.host}", group=f"executor-{self.host}", topics=(str(Topic.ORDERS),),
+                handler=self.handle, types=frozenset({"RebuildOrder", "CleanupOrder"}), key=self.host,
+                auto_offset_reset="latest",
+            ),
+            self.producer, settings.fetch_max_wait_ms,
+        )
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.seen_orders: set[str] = set()
+
+    async def main(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.hv.on_lifecycle(lambda: loop.call_soon_threadsafe(self.changed.set))
+        await retry_start("broker", lambda: ensure_topics(self.s.kafka_bootstrap))
+        await retry_start("producer", self.producer.start)
+        await retry_start("orders consumer", self.orders.start)
+        await self.orders.wait_assigned()
+        log.info("executor %s ready on %s (pid %d)", self.host, self.hv.uri, os.getpid())
+        try:
+            await gather_forever(self.heartbeats(), self.inventory(), self.renew_leases(), self.orders.run())
+        finally:
+            await self.orders.stop()
+            await self.producer.stop()
+
+    async def heartbeats(self) -> None:
+        seq = 0
+        while True:
+            seq += 1
+            await self.producer.publish(HostHeartbeat(
+                host=self.host, seq=seq, fence_driver=self.s.fence_driver,
+                fence_target=self.s.fence_target or str(os.getpid()),
+            ))
+            await asyncio.sleep(self.s.heartbeat_interval)
+
+    async def inventory(self) -> None:
+        last: InstanceReport | None = None
+        last_sent = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            self.changed.clear()
+            vcpus, mem = self.hv.capacity()
+            domains = await loop.run_in_executor(self.pool, self.hv.inventory)
+            report = InstanceReport(host=self.host, vcpus=vcpus, memory_mib=mem, domains=tuple(domains))
+            if report != last or time.monotonic() - last_sent > self.s.inventory_interval:
+                await self.producer.publish(report)
+                last, last_sent = report, time.monotonic()
+            try:
+                await asyncio.wait_for(self.changed.wait(), timeout=self.s.inventory_interval)
+                await asyncio.sleep(0.05)  # coalesce a burst of lifecycle events
+            except TimeoutError:
+                pass
+
+    async def renew_leases(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            uuids = await loop.run_in_executor(self.pool, self.hv.running_uuids)
+            for lost in await loop.run_in_executor(self.pool, self.leases.renew, uuids):
+                log.error("a VM running here has its lease held by %s: not renewing it", lost.holder)
+            await asyncio.sleep(self.s.heartbeat_interval)
+
+    async def handle(self, env: Envelope, msg: Message) -> None:
+        # Rebuilds run concurrently (bounded); the consume loop goes on with the next order.
+        task = asyncio.ensure_future(self._run(env, msg))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _run(self, env: Envelope, msg: Message) -> None:
+        async with self.limit:
+            if isinstance(msg, RebuildOrder):
+                await self._rebuild(msg)
+            elif isinstance(msg, CleanupOrder):
+                await self._cleanup(msg)
+
+    async def _rebuild(self, order: RebuildOrder) -> None:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            steps, state = await loop.run_in_executor(
+                self.pool, rebuild, self.hv, self.leases, order, self.host, self.config_drive_dir
+            )
+            result = RebuildResult(
+                order_id=order.order_id, evacuation_id=order.evacuation_id, item_id=order.item_id,
+                instance_uuid=order.instance_uuid, host=self.host, attempt=order.attempt, ok=True,
+                power_state=state, steps=tuple(steps.done),
+            )
+            log.info("rebuilt %s (%s) as %s in %.3fs", order.instance_name, order.instance_uuid, state,
+                     time.perf_counter() - started)
+        except RebuildError as exc:
+            result = RebuildResult(
+                order_id=order.order_id, evacuation_id=order.evacuation_id, item_id=order.item_id,
+                instance_uuid=order.instance_uuid, host=self.host, attempt=order.attempt, ok=False,
+                error=str(exc), steps=tuple(exc.steps.done) if hasattr(exc, "steps") else (),
+            )
+            log.warning("rebuild of %s failed: %s", order.instance_name, exc)
+        metrics.REBUILDS.labels(ok=str(result.ok).lower()).inc()
+        self.changed.set()
+        await self.producer.publish(result)
+
+    async def _cleanup(self, order: CleanupOrder) -> None:
+        loop = asyncio.get_running_loop()
+        destroyed, errors = [], []
+        for uuid in order.instances:
+            try:
+                if await loop.run_in_executor(self.pool, self.hv.destroy_and_undefine, uuid):
+                    destroyed.append(uuid)
+            except RebuildError as exc:
+                errors.append(str(exc))
+        log.info("cleanup: destroyed %d stale domains, %d errors", len(destroyed), len(errors))
+        self.changed.set()
+        await self.producer.publish(CleanupResult(host=self.host, destroyed=tuple(destroyed), errors=tuple(errors)))
+
+
+async def amain(settings: ExecutorSettings) -> None:
+    require_infra(settings, database=False)
+    await Executor(settings).main()
+
+
