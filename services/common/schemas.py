@@ -226,6 +226,7 @@ class RebuildResult(Message):
     attempt: int
     ok: bool
     error: str | None = None
+    retryable: bool = True  # False: another host would fail the same way (e.g. a template error)
     power_state: PowerState | None = None
     steps: tuple[Step, ...] = ()
 

@@ -9,9 +9,9 @@ from collections.abc import Callable
 
 import libvirt
 
+from services.common.domain_xml import parse_domain
 from services.common.errors import RebuildError
 from services.common.schemas import DomainInfo, PowerState
-from services.executor.domain_xml import parse_domain
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from libvirt import VIR_DOMAIN_XML_INACTIVE
 
+from services.common.domain_xml import parse_domain, same_identity, with_config_drive
 from services.common.errors import RebuildError
 from services.common.schemas import PowerState, RebuildOrder, Step
-from services.executor.domain_xml import parse_domain, same_identity, with_config_drive
 from services.executor.hypervisor import Hypervisor
 from services.executor.leases import LeaseStore
 

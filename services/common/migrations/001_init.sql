@@ -21,6 +21,20 @@ CREATE TABLE hosts (
     inventory_at    timestamptz
 );
 
+CREATE TABLE templates (
+    name        text NOT NULL,
+    version     int NOT NULL,
+    text        text NOT NULL,
+    bodies      jsonb NOT NULL,            -- guest path -> template body
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (name, version)
+);
+
+CREATE TABLE server_groups (
+    name    text PRIMARY KEY,
+    policy  text NOT NULL CHECK (policy IN ('affinity', 'anti-affinity', 'soft-anti-affinity'))
+);
+
 CREATE TABLE instances (
     uuid                 uuid PRIMARY KEY,
     name                 text NOT NULL,
@@ -37,7 +51,7 @@ CREATE TABLE instances (
     not_evacuable_reason text,
     ha                   boolean NOT NULL DEFAULT true,
     priority             int NOT NULL DEFAULT 2,
-    server_group         text,
+    server_group         text REFERENCES server_groups(name),
     template             text,
     metadata             jsonb NOT NULL DEFAULT '{}',
     present              boolean NOT NULL DEFAULT true,

@@ -1,0 +1,286 @@
+"""The planner: keeps the inventory, turns NodeDown / EvacuationRequested into one
+EvacuationPlan, follows the RebuildResults (retrying failures on another host) and
+closes the evacuation. Every handler does its SQL and writes its outgoing messages to
+the outbox in one transaction, and is idempotent by message id."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from services.common import metrics
+from services.common.bus import ConsumeLoop, ConsumerSpec, Producer, ensure_topics
+from services.common.db import already_processed, audit, connect_pool, migrate
+from services.common.outbox import OutboxRelay, emit
+from services.common.runtime import gather_forever, require_infra, retry_start
+from services.common.schemas import (
+    Assignment,
+    Envelope,
+    EvacuationCompleted,
+    EvacuationPlan,
+    EvacuationRequested,
+    InstanceReport,
+    Message,
+    NodeDown,
+    PowerState,
+    RebuildResult,
+    Topic,
+)
+from services.common.settings import PlannerSettings
+from services.planner import store
+from services.planner.inventory import record_report
+from services.planner.placement import AssignmentStatus, Policy, plan
+
+log = logging.getLogger("services.planner")
+SOURCE = "planner"
+FINAL = ("done", "failed", "no_capacity", "not_evacuable", "ha_off")
+
+
+def order_id(item_id: str, attempt: int) -> str:
+    return str(uuid.uuid5(uuid.UUID(item_id), f"attempt-{attempt}"))
+
+
+class Planner:
+    def __init__(self, settings: PlannerSettings) -> None:
+        self.s = settings
+        self.producer = Producer(settings.kafka_bootstrap, SOURCE)
+        self.pool: asyncpg.Pool | None = None
+        self.inventory = ConsumeLoop(settings.kafka_bootstrap, ConsumerSpec(
+            name="planner-inventory", group="planner-inventory", topics=(str(Topic.HEARTBEATS),),
+            handler=self.on_report, types=frozenset({"InstanceReport"}),
+        ), self.producer, settings.fetch_max_wait_ms)
+        self.events = ConsumeLoop(settings.kafka_bootstrap, ConsumerSpec(
+            name="planner", group="planner",
+            topics=(str(Topic.HOST_EVENTS), str(Topic.PLANS), str(Topic.RESULTS)),
+            handler=self.on_event, types=frozenset({"NodeDown", "EvacuationRequested", "RebuildResult"}),
+        ), self.producer, settings.fetch_max_wait_ms)
+
+    async def main(self) -> None:
+        await retry_start("database", lambda: migrate(self.s.database_url))
+        self.pool = await connect_pool(self.s.database_url, max_size=6)
+        await retry_start("broker", lambda: ensure_topics(self.s.kafka_bootstrap))
+        await retry_start("producer", self.producer.start)
+        await retry_start("inventory consumer", self.inventory.start)
+        await retry_start("event consumer", self.events.start)
+        await self.reconcile()
+        relay = OutboxRelay(self.pool, self.producer, SOURCE)
+        try:
+            await gather_forever(self.inventory.run(), self.events.run(), relay.run(), self.sweep_timeouts())
+        finally:
+            await self.events.stop()
+            await self.inventory.stop()
+            await self.producer.stop()
+            await self.pool.close()
+
+    # --- inventory ------------------------------------------------------------------
+
+    async def on_report(self, env: Envelope, msg: Message) -> None:
+        assert isinstance(msg, InstanceReport) and self.pool is not None
+        async with self.pool.acquire() as conn, conn.transaction():
+            await record_report(conn, msg, env.at)
+
+    # --- evacuations ----------------------------------------------------------------
+
+    async def on_event(self, env: Envelope, msg: Message) -> None:
+        assert self.pool is not None
+        async with self.pool.acquire() as conn, conn.transaction():
+            if await already_processed(conn, SOURCE, env.id):
+                return
+            if isinstance(msg, NodeDown):
+                await self.start_evacuation(conn, msg.host, "NodeDown", env.id, None, (),
+                                            f"NodeDown: {msg.reason}")
+            elif isinstance(msg, EvacuationRequested):
+                await self.start_evacuation(conn, msg.host, "manual", env.id, msg.target, msg.instances,
+                                            f"requested by {msg.requested_by}")
+            elif isinstance(msg, RebuildResult):
+                await self.on_result(conn, msg)
+
+    async def start_evacuation(self, conn: asyncpg.Connection, source: str, trigger: str, trigger_id: str,
+                               target: str | None, only: tuple[str, ...], why: str) -> None:
+        await store.lock_planning(conn)
+        if await store.open_evacuation(conn, source) is not None:
+            await audit(conn, "evacuation-skipped", f"{trigger} for {source}: an evacuation is already running",
+                        host=source)
+            return
+        evac_id = uuid.uuid4()
+        host = await conn.fetchrow("SELECT state FROM hosts WHERE name = $1", source)
+        refused = None
+        if host is None:
+            refused = f"unknown host {source!r}"
+        elif trigger == "manual" and host["state"] not in ("down", "fencing", "isolated"):
+            refused = (f"host {source!r} is {host['state']}: its VMs may still run there; fence it or "
+                       "confirm it is off before evacuating")
+        records = await store.load_instances(conn, source, only) if refused is None else []
+        hosts, methods = await store.load_hosts(conn)
+        policy = Policy(recovery=methods, target=target)
+        result = plan([source], [store.instance_info(r) for r in records], hosts, await store.load_groups(conn),
+                      policy) if refused is None else None
+        if result is not None and result.refused:
+            refused = result.refused
+        await conn.execute(
+            "INSERT INTO evacuations (id, source, trigger, trigger_id, status, reason, target)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            evac_id, source, trigger, uuid.UUID(trigger_id), "refused" if refused else "running",
+            refused or why, target,
+        )
+        if refused or result is None:
+            await audit(conn, "evacuation-refused", refused or "", host=source, evacuation_id=evac_id)
+            await emit(conn, EvacuationCompleted(evacuation_id=str(evac_id), source=source, status="failed",
+                                                 placed=0, failed=0, seconds=0.0), SOURCE)
+            log.warning("evacuation of %s refused: %s", source, refused)
+            return
+        by_uuid = {str(r["uuid"]): r for r in records}
+        assignments = []
+        for a in result.assignments:
+            item_id = str(uuid.uuid4())
+            placed = a.status is AssignmentStatus.PLACED
+            status = "pending" if placed else str(a.status)
+            await conn.execute(
+                "INSERT INTO evacuation_items (id, evacuation_id, instance_uuid, instance_name, source, target,"
+                " attempt, status, reason, order_id, ordered_at, finished_at)"
+                " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10, CASE WHEN $11 THEN now() END,"
+                " CASE WHEN $11 THEN NULL ELSE now() END)",
+                uuid.UUID(item_id), evac_id, uuid.UUID(a.instance_uuid), a.instance_name, source, a.target,
+                1 if placed else 0, status, a.reason, uuid.UUID(order_id(item_id, 1)) if placed else None, placed,
+            )
+            await audit(conn, "placement", f"{a.instance_name}: {a.status}: {a.reason}", host=source,
+                        evacuation_id=evac_id, data={"instance": a.instance_uuid, "target": a.target})
+            if placed and a.target is not None:
+                assignments.append(self._assignment(by_uuid[a.instance_uuid], item_id, a.target, 1))
+        log.info("evacuation %s of %s: %d to rebuild, %d not placed", evac_id, source, len(assignments),
+                 len(result.assignments) - len(assignments))
+        if assignments:
+            await emit(conn, EvacuationPlan(evacuation_id=str(evac_id), source=source,
+                                            assignments=tuple(assignments)), SOURCE)
+        else:
+            await self.maybe_close(conn, evac_id)
+
+    def _assignment(self, inst: asyncpg.Record, item_id: str, target: str, attempt: int) -> Assignment:
+        return Assignment(
+            item_id=item_id, instance_uuid=str(inst["uuid"]), instance_name=inst["name"], target=target,
+            attempt=attempt, xml=inst["xml"], power_state=PowerState(inst["power_state"]),
+            template=inst["template"], metadata=dict(inst["metadata"] or {}),
+        )
+
+    async def on_result(self, conn: asyncpg.Connection, res: RebuildResult) -> None:
+        item = await conn.fetchrow("SELECT * FROM evacuation_items WHERE id = $1 FOR UPDATE", uuid.UUID(res.item_id))
+        if item is None or item["status"] != "pending" or item["attempt"] != res.attempt:
+            return  # a duplicate or a result of an attempt we already gave up on
+        steps = [s.model_dump() for s in res.steps]
+        if res.ok:
+            await conn.execute(
+                "UPDATE evacuation_items SET status='done', power_state=$2, steps=$3, finished_at=now(),"
+                " reason = reason || $4 WHERE id=$1",
+                item["id"], str(res.power_state), steps, f"; rebuilt on {res.host}",
+            )
+            await conn.execute(
+                "UPDATE instances SET host=$2, power_state=$3, present=true, reported_at=now() WHERE uuid=$1",
+                item["instance_uuid"], res.host, str(res.power_state),
+            )
+            await audit(conn, "rebuild-done", f"{item['instance_name']} runs on {res.host} ({res.power_state})",
+                        host=res.host, evacuation_id=item["evacuation_id"], data={"steps": steps})
+        else:
+            await self.retry_or_fail(conn, item, res.host, res.error or "rebuild failed", steps, res.retryable)
+        await self.maybe_close(conn, item["evacuation_id"])
+
+    async def retry_or_fail(self, conn: asyncpg.Connection, item: asyncpg.Record, host: str | None,
+                            error: str, steps: list[dict[str, Any]], retryable: bool = True) -> None:
+        excluded = list(item["excluded"]) + ([host] if host else [])
+        await audit(conn, "rebuild-failed", f"{item['instance_name']} on {host}: {error}", host=host,
+                    evacuation_id=item["evacuation_id"], data={"steps": steps, "attempt": item["attempt"]})
+        if item["attempt"] >= self.s.max_attempts or not retryable:
+            await conn.execute(
+                "UPDATE evacuation_items SET status='failed', reason=$2, steps=$3, excluded=$4, finished_at=now()"
+                " WHERE id=$1", item["id"], f"gave up after attempt {item['attempt']}: {error}", steps, excluded,
+            )
+            return
+        await store.lock_planning(conn)
+        inst = await conn.fetchrow("SELECT * FROM instances WHERE uuid=$1", item["instance_uuid"])
+        hosts, methods = await store.load_hosts(conn)
+        info = store.instance_info(inst)
+        again = plan([info.host], [info], hosts, await store.load_groups(conn),
+                     Policy(recovery=methods, exclude={info.uuid: frozenset(excluded)}))
+        a = again.assignments[0] if again.assignments else None
+        if a is None or a.status is not AssignmentStatus.PLACED or a.target is None:
+            why = again.refused or (a.reason if a else "no assignment")
+            await conn.execute(
+                "UPDATE evacuation_items SET status='failed', reason=$2, steps=$3, excluded=$4, finished_at=now()"
+                " WHERE id=$1", item["id"], f"{error}; no other host: {why}", steps, excluded,
+            )
+            return
+        attempt = item["attempt"] + 1
+        item_id = str(item["id"])
+        await conn.execute(
+            "UPDATE evacuation_items SET target=$2, attempt=$3, excluded=$4, steps=$5, order_id=$6, ordered_at=now(),"
+            " reason=$7 WHERE id=$1",
+            item["id"], a.target, attempt, excluded, steps, uuid.UUID(order_id(item_id, attempt)),
+            f"attempt {attempt}: {a.reason} (after: {error})",
+        )
+        await emit(conn, EvacuationPlan(evacuation_id=str(item["evacuation_id"]), source=item["source"],
+                                        assignments=(self._assignment(inst, item_id, a.target, attempt),)), SOURCE)
+
+    async def maybe_close(self, conn: asyncpg.Connection, evac_id: Any) -> None:
+        evac = await conn.fetchrow("SELECT * FROM evacuations WHERE id=$1 FOR UPDATE", evac_id)
+        if evac is None or evac["status"] != "running":
+            return
+        counts = {r["status"]: r["n"] for r in await conn.fetch(
+            "SELECT status, count(*) n FROM evacuation_items WHERE evacuation_id=$1 GROUP BY status", evac_id)}
+        if counts.get("pending"):
+            return
+        done = counts.get("done", 0)
+        bad = counts.get("failed", 0) + counts.get("no_capacity", 0)
+        status = "completed" if bad == 0 else ("failed" if done == 0 else "completed_with_errors")
+        now = datetime.now(UTC)
+        seconds = store.seconds_since(evac["created_at"], now)
+        await conn.execute("UPDATE evacuations SET status=$2, completed_at=$3 WHERE id=$1", evac_id, status, now)
+        await audit(conn, "evacuation-closed", f"{status}: {done} rebuilt, {bad} not", host=evac["source"],
+                    evacuation_id=evac_id)
+        await emit(conn, EvacuationCompleted(evacuation_id=str(evac_id), source=evac["source"], status=status,
+                                             placed=done, failed=bad, seconds=round(seconds, 3)), SOURCE)
+        metrics.EVACUATIONS.labels(status=status).inc()
+        metrics.RECOVERY_SECONDS.observe(seconds)
+        log.info("evacuation %s of %s %s in %.2fs", evac_id, evac["source"], status, seconds)
+
+    # --- resuming -------------------------------------------------------------------
+
+    async def reconcile(self) -> None:
+        """DESIGN §6: re-publish the orders of every open evacuation. The broker may have
+        lost them; a duplicate is harmless (the executor and this planner are idempotent)."""
+        assert self.pool is not None
+        async with self.pool.acquire() as conn, conn.transaction():
+            for evac in await conn.fetch("SELECT * FROM evacuations WHERE status='running'"):
+                rows = [r for r in await store.item_rows(conn, evac["id"]) if r["status"] == "pending"]
+                if not rows:
+                    await self.maybe_close(conn, evac["id"])
+                    continue
+                inst = {r["instance_uuid"]: await conn.fetchrow("SELECT * FROM instances WHERE uuid=$1",
+                                                                 r["instance_uuid"]) for r in rows}
+                await emit(conn, EvacuationPlan(evacuation_id=str(evac["id"]), source=evac["source"], assignments=tuple(
+                    self._assignment(inst[r["instance_uuid"]], str(r["id"]), r["target"], r["attempt"])
+                    for r in rows)), SOURCE)
+                log.info("reconcile: re-published %d pending orders of evacuation %s", len(rows), evac["id"])
+
+    async def sweep_timeouts(self) -> None:
+        """An executor that never answers: retry its items elsewhere after result_timeout."""
+        assert self.pool is not None
+        while True:
+            await asyncio.sleep(min(5.0, self.s.result_timeout / 4))
+            cutoff = datetime.now(UTC) - timedelta(seconds=self.s.result_timeout)
+            async with self.pool.acquire() as conn, conn.transaction():
+                for item in await conn.fetch(
+                    "SELECT * FROM evacuation_items WHERE status='pending' AND ordered_at < $1 FOR UPDATE SKIP LOCKED",
+                    cutoff,
+                ):
+                    await self.retry_or_fail(conn, item, item["target"],
+                                             f"no result from {item['target']} within {self.s.result_timeout:.0f}s", [])
+                    await self.maybe_close(conn, item["evacuation_id"])
+
+
+async def amain(settings: PlannerSettings) -> None:
+    require_infra(settings)
+    await Planner(settings).main()

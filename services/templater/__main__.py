@@ -1,0 +1,7 @@
+from services.common.runtime import run, setup_logging
+from services.common.settings import TemplaterSettings, load_or_exit
+from services.templater.service import amain
+
+settings = load_or_exit(TemplaterSettings)
+setup_logging(settings.log_level, "services.templater")
+run(lambda: amain(settings))

@@ -1,0 +1,130 @@
+"""The templater: turns an EvacuationPlan into one RebuildOrder per assignment, keyed by
+the target host. An instance with a server template gets its mapped files rendered
+with the *target* host's built-ins and delivered on a config drive; an item that fails
+to render fails alone (a non-retryable RebuildResult) and the rest of the plan goes on."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import uuid
+
+import asyncpg
+
+from services.common.bus import ConsumeLoop, ConsumerSpec, Producer, ensure_topics
+from services.common.db import connect_pool
+from services.common.domain_xml import parse_domain
+from services.common.errors import RebuildError
+from services.common.runtime import gather_forever, require_infra, retry_start
+from services.common.schemas import (
+    Assignment,
+    Envelope,
+    EvacuationPlan,
+    Message,
+    RebuildOrder,
+    RebuildResult,
+    Step,
+    Topic,
+)
+from services.common.settings import TemplaterSettings
+from services.templater.configdrive import build_config_drive
+from services.templater.template import TemplateError, parse, render, validate_values
+
+log = logging.getLogger("services.templater")
+SOURCE = "templater"
+
+
+def order_id(item_id: str, attempt: int) -> str:
+    return str(uuid.uuid5(uuid.UUID(item_id), f"attempt-{attempt}"))
+
+
+def builtins_for(a: Assignment) -> dict[str, str]:
+    facts = parse_domain(a.xml, "/")
+    ips = [n.ip for n in facts.nics if n.ip]
+    return {
+        "IP_ADDRESS": ips[0] if ips else "",
+        "IP_ADDRESSES": ",".join(ips),
+        "MAC_ADDRESS": facts.nics[0].mac if facts.nics else "",
+        "HOSTNAME": a.metadata.get("hostname", facts.name),
+        "INSTANCE_UUID": facts.uuid,
+        "INSTANCE_NAME": facts.name,
+        "HOST": a.target,
+    }
+
+
+def config_drive_for(a: Assignment, text: str, bodies: dict[str, str]) -> bytes:
+    """Render the template for this assignment; raises TemplateError."""
+    template = parse(text)
+    builtins = builtins_for(a)
+    user = {k: v for k, v in a.metadata.items() if k != "hostname"}
+    files = render(template, bodies, builtins, validate_values(template, user))
+    return build_config_drive(files, uuid=builtins["INSTANCE_UUID"], name=builtins["INSTANCE_NAME"],
+                              hostname=builtins["HOSTNAME"])
+
+
+class Templater:
+    def __init__(self, settings: TemplaterSettings) -> None:
+        self.s = settings
+        self.producer = Producer(settings.kafka_bootstrap, SOURCE)
+        self.pool: asyncpg.Pool | None = None
+        self.plans = ConsumeLoop(settings.kafka_bootstrap, ConsumerSpec(
+            name="templater", group="templater", topics=(str(Topic.PLANS),), handler=self.on_plan,
+            types=frozenset({"EvacuationPlan"}),
+        ), self.producer, settings.fetch_max_wait_ms)
+
+    async def main(self) -> None:
+        self.pool = await connect_pool(self.s.database_url, max_size=3)
+        await retry_start("broker", lambda: ensure_topics(self.s.kafka_bootstrap))
+        await retry_start("producer", self.producer.start)
+        await retry_start("plan consumer", self.plans.start)
+        try:
+            await gather_forever(self.plans.run())
+        finally:
+            await self.plans.stop()
+            await self.producer.stop()
+            await self.pool.close()
+
+    async def template(self, ref: str) -> tuple[str, dict[str, str]] | None:
+        assert self.pool is not None
+        name, _, version = ref.partition("@")
+        row = await self.pool.fetchrow(
+            "SELECT text, bodies FROM templates WHERE name=$1 AND ($2::int IS NULL OR version=$2)"
+            " ORDER BY version DESC LIMIT 1", name, int(version) if version.isdigit() else None)
+        return (row["text"], dict(row["bodies"])) if row else None
+
+    async def on_plan(self, env: Envelope, msg: Message) -> None:
+        assert isinstance(msg, EvacuationPlan)
+        # Orders are derived deterministically (order id from item id and attempt), so a
+        # redelivered plan yields the same orders and the executor treats them as one.
+        for a in msg.assignments:
+            drive: str | None = None
+            if a.template:
+                try:
+                    found = await self.template(a.template)
+                    if found is None:
+                        raise TemplateError(f"server template {a.template!r} is not registered", line=0, column=0)
+                    drive = base64.b64encode(config_drive_for(a, *found)).decode()
+                except (TemplateError, RebuildError, ValueError) as exc:
+                    await self.fail(msg, a, f"template {a.template}: {exc}")
+                    continue
+            await self.producer.publish(RebuildOrder(
+                order_id=order_id(a.item_id, a.attempt), evacuation_id=msg.evacuation_id, item_id=a.item_id,
+                source=msg.source, target=a.target, instance_uuid=a.instance_uuid, instance_name=a.instance_name,
+                attempt=a.attempt, xml=a.xml, power_state=a.power_state, config_drive_b64=drive,
+            ))
+        log.info("plan %s: %d orders", msg.evacuation_id, len(msg.assignments))
+
+    async def fail(self, plan: EvacuationPlan, a: Assignment, error: str) -> None:
+        log.warning("%s: %s", a.instance_name, error)
+        await self.producer.publish(RebuildResult(
+            order_id=order_id(a.item_id, a.attempt), evacuation_id=plan.evacuation_id, item_id=a.item_id,
+            instance_uuid=a.instance_uuid, host=a.target, attempt=a.attempt, ok=False, error=error,
+            retryable=False, steps=(Step(name="render", ok=False, seconds=0.0, detail=error),),
+        ))
+
+
+async def amain(settings: TemplaterSettings) -> None:
+    require_infra(settings)
+    await Templater(settings).main()
+
+
