@@ -10,7 +10,11 @@ there, a fence result nobody waits for, a cleanup for a host that is not returni
 ignored and logged, never raised: it comes from outside and may simply be late.
 
 Decisions worth knowing:
-- Suspect is judged after `suspect_grace`, not at once, so a blip costs nothing.
+- Suspect is judged after `suspect_grace`, not at once, so a blip costs nothing. The
+  judgement: storage heartbeat renewed after the bus went quiet and fresh → isolated;
+  storage leases expired → down (self-fenced); otherwise → fencing.
+- Storage heartbeats must be fed when the shell sees the host's heartbeat file change
+  (at = when seen), not on every poll: an unchanged file is no sign of life.
 - A host in `fencing` stays there when heartbeats resume: a fence may be in flight, and
   only its result (or an operator, or expired storage leases) ends the round.
 - A returning host that loses its heartbeats again goes straight back to `down` and
@@ -92,9 +96,9 @@ def _transition(
     return new, [LogLine(f"host {rec.name!r}: {rec.state} -> {to} ({reason})")]
 
 
-def _ignored(rec: HostRecord | None, name: str, what: str) -> list[Effect]:
+def _ignored(rec: HostRecord | None, name: str, what: str, why: str = "") -> list[Effect]:
     state = rec.state if rec is not None else "unknown"
-    return [LogLine(f"host {name!r}: ignored {what} in state {state}")]
+    return [LogLine(f"host {name!r} ({state}): ignored {what}" + (f": {why}" if why else ""))]
 
 
 def _elapsed(at: float, since: float | None, span: float) -> bool:
@@ -106,9 +110,16 @@ def _age(at: float, t: float | None) -> str:
     return "never seen" if t is None else f"{at - t:.1f} s old"
 
 
-def _storage_fresh(rec: HostRecord, at: float, t: Timings) -> bool:
+def _storage_alive(rec: HostRecord, at: float, t: Timings) -> bool:
+    """The host kept writing its storage heartbeat after its bus heartbeats stopped.
+
+    Freshness alone is not enough: a host that just died still has a fresh storage
+    heartbeat, written together with its last bus heartbeat. Only one written at least
+    an interval after the last bus heartbeat shows the host is alive, only cut off."""
     last = rec.last_storage_heartbeat
-    return last is not None and not _elapsed(at, last, t.storage_timeout)
+    bus = rec.last_heartbeat if rec.last_heartbeat is not None else rec.since
+    return (last is not None and not _elapsed(at, last, t.storage_timeout)
+            and _elapsed(last, bus, t.heartbeat_interval))
 
 
 def _leases_expired(rec: HostRecord, at: float, t: Timings) -> bool:
@@ -132,7 +143,7 @@ def _node_down(rec: HostRecord, at: float, reason: str, fenced_by: str) -> Step:
 
 def _self_fenced(rec: HostRecord, at: float) -> Step:
     age = _age(at, rec.last_storage_heartbeat)
-    reason = f"self-fenced: storage leases expired (storage heartbeat {age})"
+    reason = f"self-fenced: storage leases expired, storage heartbeat {age}"
     return _node_down(rec, at, reason, "storage-lease")
 
 
@@ -141,7 +152,11 @@ def _request_fence(rec: HostRecord) -> list[Effect]:
 
 
 def _start_fencing(rec: HostRecord, at: float, t: Timings) -> Step:
-    reason = f"storage heartbeat {_age(at, rec.last_storage_heartbeat)}"
+    if rec.last_storage_heartbeat is None:
+        reason = "no storage heartbeat ever seen"
+    else:
+        age = _age(at, rec.last_storage_heartbeat)
+        reason = f"no storage heartbeat since the bus went quiet, last {age}"
     # The manual driver has no timeout: the request only tells operators to act.
     deadline = None if rec.fence_driver == "manual" else at + t.fence_timeout
     new, effects = _transition(rec, S.fencing, at, reason, fence_attempts=1,
@@ -173,7 +188,7 @@ def _judge(rec: HostRecord, at: float, t: Timings) -> Step:
         new, effects = _transition(rec, S.suspect, at, reason)
         return new, [*effects, Publish("HostSuspect", rec.name, reason)]
     if rec.state == S.suspect and _elapsed(at, rec.since, t.suspect_grace):
-        if _storage_fresh(rec, at, t):
+        if _storage_alive(rec, at, t):
             reason = (f"bus heartbeats lost but storage heartbeat "
                       f"{_age(at, rec.last_storage_heartbeat)}")
             new, effects = _transition(rec, S.isolated, at, reason)
@@ -191,7 +206,7 @@ def _judge(rec: HostRecord, at: float, t: Timings) -> Step:
                           fence_deadline=at + t.fence_timeout)
             return new, _request_fence(new)
     if rec.state == S.returning and _bus_silent(rec, at, t):
-        reason = "heartbeats lost again before cleanup finished (already proven down)"
+        reason = "heartbeats lost again before cleanup; proven down before, nothing to evacuate"
         return _node_down(rec, at, reason, "earlier-fence")
     return rec, []
 
@@ -221,23 +236,24 @@ def _heartbeat(rec: HostRecord | None, ev: Heartbeat, t: Timings) -> Step:
         return new, [LogLine(f"host {ev.host!r}: registered as up "
                              f"(first heartbeat, fence driver {ev.fence_driver})")]
     if rec.state == S.down and ev.at <= rec.since + EPSILON:
-        return rec, _ignored(rec, ev.host, "a heartbeat from before it went down")
-    last = ev.at if rec.last_heartbeat is None else max(rec.last_heartbeat, ev.at)
+        return rec, _ignored(rec, ev.host, "a heartbeat", "sent before it went down")
+    previous = rec.last_heartbeat if rec.last_heartbeat is not None else rec.since
+    last = max(previous, ev.at)
     if rec.state == S.fencing:
         # The fence round keeps its driver: the request in flight names it.
         return replace(rec, last_heartbeat=last), []
     rec = replace(rec, last_heartbeat=last, fence_driver=ev.fence_driver)
     if rec.state == S.suspect:
-        return _transition(rec, S.up, ev.at, f"heartbeat resumed after {rec.reason}")
+        return _transition(rec, S.up, ev.at,
+                           f"heartbeat resumed after {ev.at - previous:.1f} s of silence")
     if rec.state == S.isolated:
         return _transition(rec, S.up, ev.at, "bus heartbeat resumed; nothing was evacuated")
     if rec.state == S.down:
         returns = (*(r for r in rec.returns if not _elapsed(ev.at, r, t.flap_window)), ev.at)
-        reason = f"heartbeat after being down; cleanup first (return {len(returns)}"
-        reason += f" within {t.flap_window:g} s"
+        reason = (f"heartbeat after being down; stale copies to clean up first;"
+                  f" return {len(returns)} within {t.flap_window:g} s")
         if len(returns) > t.flap_max:
-            reason += f", more than {t.flap_max}: quarantine after cleanup"
-        reason += ")"
+            reason += f", more than flap_max {t.flap_max}: quarantine after cleanup"
         new, effects = _transition(rec, S.returning, ev.at, reason, returns=returns)
         return new, [*effects, Publish("NodeUp", rec.name, reason)]
     return rec, []
@@ -252,18 +268,23 @@ def _storage_heartbeat(rec: HostRecord | None, ev: StorageHeartbeat) -> Step | N
 
 def _fence_result(rec: HostRecord, ev: FenceResult, t: Timings) -> Step:
     if rec.state != S.fencing:
-        return rec, _ignored(rec, ev.host, f"fence result ({'ok' if ev.ok else 'failed'})")
+        what = "fence success" if ev.ok else f"fence failure {ev.reason!r}"
+        return rec, _ignored(rec, ev.host, what, "no fence pending")
     if ev.ok:
         # Proof is proof, even from an attempt that already timed out.
         return _node_down(rec, ev.at, f"fenced by {rec.fence_driver}", rec.fence_driver)
     stale = ev.attempt is not None and ev.attempt != rec.fence_attempts
     if rec.fence_deadline is None or stale:
-        return rec, _ignored(rec, ev.host, "a failed fence result with no attempt in flight")
+        return rec, _ignored(rec, ev.host, f"fence failure {ev.reason!r}", "no attempt in flight")
     return _fence_failed(rec, ev.at, ev.reason, t)
 
 
-def _operator(rec: HostRecord, ev: Operator) -> Step:
+def _operator(rec: HostRecord, ev: Operator, t: Timings) -> Step:
     cmd, at = ev.command, ev.at
+    if cmd in ("confirm_off", "force_down") and not _bus_silent(rec, at, t):
+        # An operator's word cannot outweigh a heartbeat we just received.
+        age = _age(at, rec.last_heartbeat).replace(" old", " ago")
+        return rec, _ignored(rec, ev.host, f"operator {cmd}", f"last heartbeat {age}")
     if cmd == "maintenance" and rec.state in (S.up, S.suspect, S.isolated):
         return _transition(rec, S.maintenance, at, "disabled by operator")
     if cmd == "enable" and rec.state == S.maintenance:
@@ -302,7 +323,7 @@ def step(
     elif isinstance(event, FenceResult):
         result = _fence_result(rec, event, timings)
     elif isinstance(event, Operator):
-        result = _operator(rec, event)
+        result = _operator(rec, event, timings)
     else:
         result = _cleanup_done(rec, event, timings)
     if result is None:

@@ -23,7 +23,7 @@ class HostState(StrEnum):
     suspect = "suspect"  # bus heartbeats missing; not yet acted upon
     fencing = "fencing"  # a fence was requested; waiting for proof the host is off
     down = "down"  # proven unable to run its VMs (fenced or self-fenced): evacuated
-    isolated = "isolated"  # bus heartbeats gone, storage heartbeat fresh: not evacuated
+    isolated = "isolated"  # bus heartbeats gone, storage heartbeat renewed: not evacuated
     maintenance = "maintenance"  # operator-disabled (or quarantined for flapping)
     returning = "returning"  # a down host is back; it destroys its stale copies first
 
@@ -39,9 +39,9 @@ class Timings:
 
     - A host is suspect once more than `misses_before_suspect` heartbeat intervals passed
       without a bus heartbeat.
-    - After `suspect_grace` seconds in suspect it is judged: storage heartbeat fresh
-      (younger than `storage_timeout`) → isolated; storage leases expired → down
-      (self-fenced); otherwise → fencing.
+    - After `suspect_grace` seconds in suspect it is judged: storage heartbeat still
+      renewed after the bus went quiet and fresh (younger than `storage_timeout`) →
+      isolated; storage leases expired → down (self-fenced); otherwise → fencing.
     - A fence attempt without a result after `fence_timeout` counts as failed. A failed
       attempt is retried after `fence_retry_backoff`, doubling per attempt and capped at
       `fence_retry_backoff_max`. After `fence_max_attempts` failures no fence is
