@@ -278,7 +278,12 @@ def parse(text: str) -> Template:
     return _Parser(text).template()
 
 
-_BARE_PATH_UNSAFE = frozenset(' \t\r\n\f\v#{};"')
+_BARE_PATH_UNSAFE = frozenset('#{};"')
+
+
+def _bare(path: str) -> bool:
+    """Whether the lexer reads ``path`` back as one bare path token."""
+    return not any(c.isspace() or c in _BARE_PATH_UNSAFE for c in path)
 
 
 def format_template(template: Template) -> str:
@@ -295,7 +300,7 @@ def format_template(template: Template) -> str:
         lines.append("  " + " : ".join(parts) + ";")
     lines += ["}", "map {"]
     for mapped in template.paths:
-        bare = mapped.path and not _BARE_PATH_UNSAFE.intersection(mapped.path)
-        lines.append("  " + (mapped.path if bare else encode_string(mapped.path)))
+        path = mapped.path
+        lines.append("  " + (path if _bare(path) else encode_string(path)))
     lines.append("}")
     return "\n".join(lines) + "\n"

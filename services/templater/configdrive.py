@@ -7,9 +7,11 @@ Layout, as cloud-init's ConfigDrive datasource reads it::
                                                   "content_path": "/content/0000"}]}
     openstack/content/0000 ...        one file per guest path, sorted by path
 
-The volume identifier is ``config-2``. Names are written three times, as
-genisoimage -J -r does: an ISO 9660 level-3 name, a Joliet name and a Rock
-Ridge name, so long lower-case names survive whichever the guest mounts.
+The volume identifier is ``config-2``. Each name is written twice: an ISO
+9660 level-3 name (upper case) and a Joliet name, which keeps the real
+lower-case name and is what Linux (isofs) and Windows (cloudbase-init) read.
+Rock Ridge is left out: it adds nothing these names need and halves the
+number of drives built per second.
 pycdlib stamps the creation time into the image, so two builds of the same
 files differ in their timestamps only.
 """
@@ -40,12 +42,10 @@ def _iso_name(path: str, *, is_file: bool) -> str:
 
 
 def _add_file(iso: Any, path: str, data: bytes) -> None:
-    name = path.rsplit("/", 1)[-1]
     iso.add_fp(
         io.BytesIO(data),
         len(data),
         _iso_name(path, is_file=True),
-        rr_name=name,
         joliet_path="/" + path,
     )
 
@@ -67,12 +67,10 @@ def build_config_drive(
         contents.append(("openstack" + content_path, data))
     meta = {"uuid": uuid, "name": name, "hostname": hostname, "files": entries}
     iso = pycdlib.PyCdlib()
-    iso.new(interchange_level=3, vol_ident=VOLUME_ID, joliet=3, rock_ridge="1.09")
+    iso.new(interchange_level=3, vol_ident=VOLUME_ID, joliet=3)
     for directory in _DIRECTORIES:
         iso.add_directory(
-            _iso_name(directory, is_file=False),
-            rr_name=directory.rsplit("/", 1)[-1],
-            joliet_path="/" + directory,
+            _iso_name(directory, is_file=False), joliet_path="/" + directory
         )
     _add_file(iso, _META_DATA, json.dumps(meta, indent=2, sort_keys=True).encode())
     for path, data in contents:
@@ -85,7 +83,7 @@ def build_config_drive(
 
 def _read(iso: Any, path: str) -> bytes:
     out = io.BytesIO()
-    iso.get_file_from_iso_fp(out, rr_path="/" + path)
+    iso.get_file_from_iso_fp(out, joliet_path="/" + path)
     return out.getvalue()
 
 
