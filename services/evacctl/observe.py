@@ -1,0 +1,56 @@
+"""An independent view of the cluster, read off the bus: the newest InstanceReport of
+every host (what its libvirt really has). The demo and the process tests judge an
+evacuation by this view, not by the planner's own records."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from contextlib import suppress
+
+from aiokafka import AIOKafkaConsumer
+
+from services.common.errors import BadMessage
+from services.common.schemas import DomainInfo, InstanceReport, Topic, decode
+
+
+class ClusterView:
+    def __init__(self, bootstrap: str) -> None:
+        self.consumer = AIOKafkaConsumer(
+            str(Topic.HEARTBEATS), bootstrap_servers=bootstrap, group_id=f"observer-{uuid.uuid4()}",
+            auto_offset_reset="latest", fetch_max_wait_ms=10, enable_auto_commit=False,
+        )
+        self.reports: dict[str, InstanceReport] = {}
+        self.report_time: dict[str, float] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.consumer.start()
+        self._task = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._task
+        await self.consumer.stop()
+
+    async def _run(self) -> None:
+        async for record in self.consumer:
+            try:
+                _, msg = decode(record.value)
+            except BadMessage:
+                continue
+            if isinstance(msg, InstanceReport):
+                self.reports[msg.host] = msg
+                self.report_time[msg.host] = time.time()
+
+    def where(self, vm_uuid: str, exclude: set[str] | None = None) -> list[tuple[str, DomainInfo]]:
+        """Every host whose newest report has this VM defined."""
+        out = []
+        for host, rep in sorted(self.reports.items()):
+            if exclude and host in exclude:
+                continue
+            out.extend((host, d) for d in rep.domains if d.uuid == vm_uuid)
+        return out

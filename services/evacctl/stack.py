@@ -1,0 +1,137 @@
+"""The whole system on one machine: the broker and PostgreSQL (embedded when none is
+configured), the control-plane services as OS processes, and simulated compute hosts
+(one executor process each). Used by `evacctl demo`, the process tests and benches."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services.common.bus import ensure_topics
+from services.common.db import migrate
+from services.common.embedded import EmbeddedBroker, EmbeddedPostgres, default_data_dir
+from services.evacctl.simcluster import SimVM, plan_vms, write_node
+
+SERVICES = ("detector", "planner", "templater")
+
+
+@dataclass
+class Stack:
+    workdir: Path
+    kafka_bootstrap: str = field(default_factory=lambda: os.environ.get("EVACUATE_KAFKA_BOOTSTRAP", ""))
+    database_url: str = field(default_factory=lambda: os.environ.get("EVACUATE_DATABASE_URL", ""))
+    heartbeat_interval: float = 0.5
+    profile: str = "aggressive"
+    extra_env: dict[str, str] = field(default_factory=dict)
+    broker: EmbeddedBroker | None = None
+    postgres: EmbeddedPostgres | None = None
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    vms: dict[str, list[SimVM]] = field(default_factory=dict)
+
+    @property
+    def shared_dir(self) -> Path:
+        return self.workdir / "shared"
+
+    def start_infra(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "logs").mkdir(exist_ok=True)
+        if not self.kafka_bootstrap:
+            self.broker = EmbeddedBroker().start()
+            self.kafka_bootstrap = self.broker.bootstrap
+        if not self.database_url:
+            self.postgres = EmbeddedPostgres(default_data_dir() / "pgdata").start()
+            self.database_url = self.postgres.url
+        asyncio.run(self._prepare())
+
+    async def _prepare(self) -> None:
+        await migrate(self.database_url)
+        await ensure_topics(self.kafka_bootstrap)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({
+            "EVACUATE_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
+            "EVACUATE_DATABASE_URL": self.database_url,
+            "EVACUATE_HEARTBEAT_INTERVAL": str(self.heartbeat_interval),
+            "EVACUATE_PROFILE": self.profile,
+            "EVACUATE_FETCH_MAX_WAIT_MS": env.get("EVACUATE_FETCH_MAX_WAIT_MS", "10"),
+            "EVACUATE_SHARED_STORAGE": str(self.shared_dir),
+            "PYTHONUNBUFFERED": "1",
+        })
+        env.update(self.extra_env)
+        env.update(extra)
+        return env
+
+    def spawn(self, name: str, module: str, **extra: str) -> subprocess.Popen[bytes]:
+        log = open(self.workdir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - lives with the process
+        proc = subprocess.Popen([sys.executable, "-m", module], env=self.env(**extra), stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def start_services(self) -> None:
+        for name in SERVICES:
+            self.spawn(name, f"services.{name}")
+
+    def add_host(self, index: int, name: str, vm_count: int = 10, shutoff: int = 2, local: int = 1,
+                 memory_mib: int = 65536) -> None:
+        vms = plan_vms(index, name, vm_count, shutoff=shutoff, local=local)
+        uri = write_node(self.workdir / "nodes" / f"{name}.xml", vms, self.shared_dir,
+                         self.workdir / "local" / name, memory_mib=memory_mib)
+        self.vms[name] = vms
+        self.spawn(f"executor-{name}", "services.executor", EVACUATE_HOST=name, EVACUATE_LIBVIRT_URI=uri,
+                   EVACUATE_FENCE_DRIVER="process")
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> float:
+        """Kill a process (group): a simulated host dies with its executor. Returns when."""
+        proc = self.procs[name]
+        t = time.time()
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        return t
+
+    def restart(self, name: str) -> None:
+        module = "services.executor" if name.startswith("executor-") else f"services.{name}"
+        self.spawn(name, module, **self._extra_of(name))
+
+    def _extra_of(self, name: str) -> dict[str, str]:
+        if not name.startswith("executor-"):
+            return {}
+        host = name.removeprefix("executor-")
+        uri = f"test://{(self.workdir / 'nodes' / f'{host}.xml').resolve()}"
+        return {"EVACUATE_HOST": host, "EVACUATE_LIBVIRT_URI": uri, "EVACUATE_FENCE_DRIVER": "process"}
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 5
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait()
+        self.procs.clear()
+        if self.broker:
+            self.broker.stop()
+        if self.postgres:
+            self.postgres.stop()
+
+    def dead_services(self) -> list[str]:
+        return [n for n, p in self.procs.items() if p.poll() is not None]
