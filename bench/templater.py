@@ -12,7 +12,7 @@ import argparse
 import time
 
 from services.templater.configdrive import build_config_drive, read_config_drive
-from services.templater.template import parse, render
+from services.templater.template import Template, parse, render
 
 USER_ITEMS = [
     'HTML_ROOT : string(1,255) : "/var/www/"',
@@ -61,9 +61,9 @@ def builtins(n: int) -> dict[str, str]:
     }
 
 
-def one_drive(template: object, n: int) -> bytes:
+def one_drive(template: Template, n: int) -> bytes:
     b = builtins(n)
-    files = render(template, BODIES, b, VALUES)  # type: ignore[arg-type]
+    files = render(template, BODIES, b, VALUES)
     return build_config_drive(
         files, uuid=b["INSTANCE_UUID"], name=b["INSTANCE_NAME"], hostname=b["HOSTNAME"]
     )

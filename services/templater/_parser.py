@@ -95,6 +95,10 @@ class _Parser:
     def error(self, token: Token, message: str) -> TemplateError:
         return self.src.error(token.start, message, self.item)
 
+    def at(self, punct: str) -> bool:
+        token = self.peek()
+        return token.kind is Kind.PUNCT and token.text == punct
+
     def expect(self, punct: str, context: str) -> Token:
         token = self.take()
         if token.kind is not Kind.PUNCT or token.text != punct:
@@ -148,24 +152,17 @@ class _Parser:
         value_type: ValueType = StringType()
         default: Token | None = None
         required = False
-        if self.peek().text == ":":
+        if self.at(":"):
             self.take()
             token = self.peek()
             if token.kind is Kind.IDENT and token.text != "required":
                 value_type = self.value_type()
-                if self.peek().text == ":":
+                if self.at(":"):
                     self.take()
-                    token = self.peek()
-                else:
-                    token = Token(Kind.PUNCT, "", "", token.start, token.start)
-            if token.kind is Kind.STRING:
-                default = self.take()
-            elif token.kind is Kind.IDENT and token.text == "required":
-                required = True
-                self.take()
-            elif token.text:
-                raise self.error(
-                    token, f"expected a type, a \"default\" or 'required', found {token.describe()}"
+                    default, required = self.default_or_required("a \"default\" or 'required'")
+            else:
+                default, required = self.default_or_required(
+                    "a type, a \"default\" or 'required'"
                 )
         self.expect(";", f"after item {name.text}")
         if name.text in BUILTINS and (default is not None or required):
@@ -194,12 +191,20 @@ class _Parser:
             column,
         )
 
+    def default_or_required(self, expected: str) -> tuple[Token | None, bool]:
+        token = self.take()
+        if token.kind is Kind.STRING:
+            return token, False
+        if token.kind is Kind.IDENT and token.text == "required":
+            return None, True
+        raise self.error(token, f"expected {expected}, found {token.describe()}")
+
     def value_type(self) -> ValueType:
         name = self.take()
         if name.text in SIMPLE_TYPES:
             return SIMPLE_TYPES[name.text]
         if name.text in ("string", "int"):
-            if self.peek().text != "(":
+            if not self.at("("):
                 return StringType() if name.text == "string" else IntType()
             low, high = self.int_pair(name.text)
             try:
@@ -209,7 +214,7 @@ class _Parser:
         if name.text == "enum":
             self.expect("(", "after 'enum'")
             choices = [self.take_kind(Kind.STRING, "a \"choice\"")]
-            while self.peek().text == ",":
+            while self.at(","):
                 self.take()
                 choices.append(self.take_kind(Kind.STRING, "a \"choice\""))
             self.expect(")", "to close the enum choices")

@@ -21,7 +21,7 @@ _TOKEN_RE = re.compile(r"\{\{(" + IDENT_RE.pattern + r")\}\}")
 
 
 @dataclass(frozen=True, slots=True)
-class Token:
+class BodyToken:
     """A ``{{NAME}}`` in a body, at a 1-based line and column of that body."""
 
     name: str
@@ -29,7 +29,7 @@ class Token:
     column: int
 
 
-Segment = str | Token
+Segment = str | BodyToken
 
 
 @functools.lru_cache(maxsize=256)
@@ -64,7 +64,7 @@ def compile_body(path: str, body: str) -> tuple[Segment, ...]:
         if literal:
             segments.append("".join(literal))
             literal = []
-        segments.append(Token(token.group(1), line, column))
+        segments.append(BodyToken(token.group(1), line, column))
         pos = token.end()
     literal.append(body[pos:])
     text = "".join(literal)
@@ -140,7 +140,7 @@ def check_bodies(template: Template, bodies: Mapping[str, str]) -> None:
                 item=mapped.path,
             )
         for segment in compile_body(mapped.path, body):
-            if isinstance(segment, Token) and segment.name not in declared:
+            if isinstance(segment, BodyToken) and segment.name not in declared:
                 hint = " (a built-in: declare it in metadata to use it)" * (
                     segment.name in BUILTINS
                 )
@@ -184,7 +184,7 @@ def render(
     resolved = resolve(template, builtins, values)
     return {
         mapped.path: "".join(
-            resolved[s.name] if isinstance(s, Token) else s
+            resolved[s.name] if isinstance(s, BodyToken) else s
             for s in compile_body(mapped.path, bodies[mapped.path])
         )
         for mapped in template.paths

@@ -19,6 +19,7 @@ from services.templater.template import (
     format_template,
     parse,
     render,
+    validate_values,
 )
 from services.templater.types import (
     BoolType,
@@ -156,6 +157,9 @@ def test_render_replaces_tokens_and_keeps_escaped_text(
 ) -> None:
     template, bodies, builtins, values, expected = case
     assert render(template, bodies, builtins, values) == expected
+    validated = validate_values(template, values)
+    assert validate_values(template, validated) == validated  # callers may validate first
+    assert render(template, bodies, builtins, validated) == expected
 
 
 @settings(max_examples=300)
