@@ -13,6 +13,7 @@ import json
 import re
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 
 class TemplateError(Exception):
@@ -40,6 +41,10 @@ class TemplateError(Exception):
         self.path = path
         super().__init__(str(self))
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        kwargs = {"line": self.line, "column": self.column, "item": self.item, "path": self.path}
+        return (_rebuild_error, (self.message, kwargs))
+
     def __str__(self) -> str:
         parts: list[str] = []
         if self.line > 0:
@@ -50,6 +55,10 @@ class TemplateError(Exception):
         if self.path is not None:
             where = f"{self.path}: {where}" if where else self.path
         return f"{where}: {self.message}" if where else self.message
+
+
+def _rebuild_error(message: str, kwargs: dict[str, Any]) -> TemplateError:
+    return TemplateError(message, **kwargs)
 
 
 class Kind(Enum):

@@ -8,6 +8,7 @@ optional path, and a substring of the message).
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,14 @@ def test_error_text_quotes_line_column_and_item() -> None:
     assert str(caught.value) == (
         "line 3, column 31, item 'HTML_ROOT': "
         'default "x" breaks string(5,255): length 1 is below the minimum 5'
+    )
+
+
+def test_error_survives_pickling() -> None:
+    error = TemplateError("bad", line=2, column=3, item="A", path="/f")
+    copy = pickle.loads(pickle.dumps(error))
+    assert (copy.message, copy.line, copy.column, copy.item, copy.path, str(copy)) == (
+        "bad", 2, 3, "A", "/f", "/f: line 2, column 3, item 'A': bad"
     )
 
 
