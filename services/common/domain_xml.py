@@ -50,8 +50,8 @@ def parse_domain(xml: str, shared_storage: str) -> DomainFacts:
         tdev = target.get("dev", "?") if target is not None else "?"
         if d.get("type") == "network":
             proto = src.get("protocol", "net") if src is not None else "net"
-            name = src.get("name", "") if src is not None else ""
-            disks.append(Disk(target=tdev, path=f"{proto}:{name}", shared=True))
+            image = src.get("name", "") if src is not None else ""  # not `name`: that is the domain's
+            disks.append(Disk(target=tdev, path=f"{proto}:{image}", shared=True))
             continue
         path = ""
         if src is not None:
@@ -112,6 +112,10 @@ def with_config_drive(xml: str, iso_path: str) -> str:
 
 
 def same_identity(a: str, b: str) -> bool:
-    """Two domain XMLs describe the same VM: same UUID, name and MAC addresses."""
+    """Two domain XMLs describe the same VM: same UUID, name, MAC addresses and disks."""
     fa, fb = parse_domain(a, "/"), parse_domain(b, "/")
-    return (fa.uuid, fa.name, sorted(n.mac for n in fa.nics)) == (fb.uuid, fb.name, sorted(n.mac for n in fb.nics))
+
+    def identity(f: DomainFacts) -> tuple[object, ...]:
+        return f.uuid, f.name, sorted(n.mac for n in f.nics), sorted((d.target, d.path) for d in f.disks)
+
+    return identity(fa) == identity(fb)

@@ -1,14 +1,21 @@
 """Storage leases (DESIGN §4): one file per HA VM on shared storage naming the host
 that runs it and when it last renewed. A host refuses to start a VM whose lease
-another host renewed within the lease timeout. Taking a lease is atomic: a lock file
-created with O_EXCL serialises the check-and-take, so two racing hosts cannot both win.
+another host renewed within the lease timeout.
+
+Taking a lease is atomic: the check-and-take (and every renewal) runs under an
+exclusive ``flock`` on a per-VM lock file, and the lease itself is replaced by rename.
+The kernel drops the lock when its taker dies, so a crashed taker never leaves a lock
+that must be broken by age (breaking a lock by age lets two racers both win).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,73 +26,87 @@ class LeaseHeld:
     age: float
 
 
+class LeaseBusy(Exception):
+    """The lock of a lease stayed taken for the whole wait."""
+
+
 class LeaseStore:
-    def __init__(self, shared_storage: str, host: str, timeout: float) -> None:
+    def __init__(self, shared_storage: str, host: str, timeout: float, lock_wait: float = 5.0) -> None:
         self.dir = Path(shared_storage) / ".evacuate" / "leases"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.host = host
         self.timeout = timeout
+        self.lock_wait = lock_wait
 
     def _path(self, uuid: str) -> Path:
-        return self.dir / f"{uuid}.lease"
+        return self.dir / f"{uuid.lower()}.lease"
 
     def read(self, uuid: str) -> tuple[str, float] | None:
         try:
             data = json.loads(self._path(uuid).read_text())
             return str(data["holder"]), float(data["renewed_at"])
-        except (FileNotFoundError, ValueError, KeyError):
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
             return None
 
     def _write(self, uuid: str) -> None:
-        tmp = self.dir / f".{uuid}.{self.host}.{os.getpid()}.tmp"
+        tmp = self.dir / f".{uuid.lower()}.{self.host}.{os.getpid()}.tmp"
         tmp.write_text(json.dumps({"holder": self.host, "renewed_at": time.time()}))
         os.replace(tmp, self._path(uuid))
 
+    @contextmanager
+    def _locked(self, uuid: str) -> Iterator[None]:
+        # One open file description per call: threads of one process exclude each other too.
+        fd = os.open(self.dir / f"{uuid.lower()}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            deadline = time.monotonic() + self.lock_wait
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise LeaseBusy(uuid) from None
+                    time.sleep(0.005)
+            yield
+        finally:
+            os.close(fd)  # also drops the lock
+
     def acquire(self, uuid: str, now: float | None = None) -> LeaseHeld | None:
         """Take the lease for this host. Returns None on success, or who holds it."""
-        lock = self.dir / f"{uuid}.lock"
-        deadline = time.monotonic() + 5.0
-        while True:
-            try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-                break
-            except FileExistsError:
-                try:
-                    if time.time() - lock.stat().st_mtime > 10.0:  # its taker died holding it
-                        lock.unlink(missing_ok=True)
-                        continue
-                except FileNotFoundError:
-                    continue
-                if time.monotonic() > deadline:
-                    return LeaseHeld(holder="(lock held by another taker)", age=0.0)
-                time.sleep(0.01)
         try:
-            os.write(fd, self.host.encode())
-            current = self.read(uuid)
-            t = time.time() if now is None else now
-            if current is not None:
-                holder, renewed = current
-                if holder != self.host and t - renewed < self.timeout:
-                    return LeaseHeld(holder=holder, age=max(0.0, t - renewed))
-            self._write(uuid)
-            return None
-        finally:
-            os.close(fd)
-            lock.unlink(missing_ok=True)
+            with self._locked(uuid):
+                current = self.read(uuid)
+                t = time.time() if now is None else now
+                if current is not None:
+                    holder, renewed = current
+                    if holder != self.host and t - renewed < self.timeout:
+                        return LeaseHeld(holder=holder, age=max(0.0, t - renewed))
+                self._write(uuid)
+                return None
+        except LeaseBusy:
+            return LeaseHeld(holder=f"(lock of {uuid} held by another taker for {self.lock_wait}s)", age=0.0)
 
     def renew(self, uuids: list[str]) -> list[LeaseHeld]:
         """Renew the leases this host holds; a lease taken over by another host is not
         touched (returned, so the caller can log it)."""
         lost = []
         for uuid in uuids:
-            current = self.read(uuid)
-            if current is None or current[0] == self.host:
-                self._write(uuid)
-            else:
-                lost.append(LeaseHeld(holder=current[0], age=time.time() - current[1]))
+            try:
+                with self._locked(uuid):
+                    current = self.read(uuid)
+                    if current is None or current[0] == self.host:
+                        self._write(uuid)
+                    else:
+                        lost.append(LeaseHeld(holder=current[0], age=time.time() - current[1]))
+            except LeaseBusy:
+                continue  # someone is taking it right now; next round tells
         return lost
 
     def release(self, uuid: str) -> None:
-        current = self.read(uuid)
-        if current is not None and current[0] == self.host:
-            self._path(uuid).unlink(missing_ok=True)
+        try:
+            with self._locked(uuid):
+                current = self.read(uuid)
+                if current is not None and current[0] == self.host:
+                    self._path(uuid).unlink(missing_ok=True)
+        except LeaseBusy:
+            pass

@@ -8,7 +8,7 @@ import hashlib
 import time
 from pathlib import Path
 
-from libvirt import VIR_DOMAIN_XML_INACTIVE
+from libvirt import VIR_DOMAIN_XML_INACTIVE, libvirtError
 
 from services.common.domain_xml import parse_domain, same_identity, with_config_drive
 from services.common.errors import RebuildError
@@ -32,6 +32,7 @@ def rebuild(hv: Hypervisor, leases: LeaseStore, order: RebuildOrder, host: str,
             config_drive_dir: Path) -> tuple[Steps, PowerState]:
     """Run the steps; raises RebuildError (with the steps so far in ``err.steps``)."""
     steps = Steps()
+    took_lease = False
     step = "validate"
     t = time.perf_counter()
     try:
@@ -43,7 +44,7 @@ def rebuild(hv: Hypervisor, leases: LeaseStore, order: RebuildOrder, host: str,
         if not facts.evacuable:
             raise RebuildError(step, facts.not_evacuable_reason or "not evacuable")
         for disk in facts.disks:
-            if not disk.path.startswith(("rbd:", "iscsi:", "nbd:", "net:")) and not Path(disk.path).exists():
+            if disk.path.startswith("/") and not Path(disk.path).exists():  # network disks: "proto:name"
                 raise RebuildError(step, f"disk {disk.target} missing: {disk.path} does not exist on {host}")
         steps.ok(step, t)
 
@@ -54,6 +55,7 @@ def rebuild(hv: Hypervisor, leases: LeaseStore, order: RebuildOrder, host: str,
             held = leases.acquire(order.instance_uuid)
             if held is not None:
                 raise RebuildError(step, f"lease held by {held.holder} (renewed {held.age:.1f}s ago)")
+            took_lease = True
             steps.ok(step, t)
 
         xml = order.xml
@@ -88,8 +90,20 @@ def rebuild(hv: Hypervisor, leases: LeaseStore, order: RebuildOrder, host: str,
             raise RebuildError(step, f"domain is {state}, expected shut off")
         steps.ok(step, t, str(state))
         return steps, state
+    except (libvirtError, OSError, ValueError) as exc:  # ValueError: a bad config drive's base64
+        err = RebuildError(step, f"{type(exc).__name__}: {exc}")
+        _failed(hv, leases, order, steps, err, t, took_lease)
+        raise err from exc
     except RebuildError as exc:
-        steps.fail(exc.step, t, exc.message)
-        leases.release(order.instance_uuid)  # only removes a lease this host holds
-        exc.steps = steps  # type: ignore[attr-defined]
+        _failed(hv, leases, order, steps, exc, t, took_lease)
         raise
+
+
+def _failed(hv: Hypervisor, leases: LeaseStore, order: RebuildOrder, steps: Steps, exc: RebuildError,
+            t: float, took_lease: bool) -> None:
+    steps.fail(exc.step, t, exc.message)
+    # Give back only a lease this rebuild took, and never the lease of a copy running here
+    # (a redelivered or misrouted order must not unguard a live VM).
+    if took_lease and not hv.is_active(order.instance_uuid):
+        leases.release(order.instance_uuid)
+    exc.steps = steps  # type: ignore[attr-defined]

@@ -140,6 +140,13 @@ class Executor:
                 error=str(exc), steps=tuple(exc.steps.done) if hasattr(exc, "steps") else (),
             )
             log.warning("rebuild of %s failed: %s", order.instance_name, exc)
+        except Exception as exc:  # noqa: BLE001 - every order gets a result, or the planner waits for nothing
+            log.exception("rebuild of %s failed unexpectedly", order.instance_name)
+            result = RebuildResult(
+                order_id=order.order_id, evacuation_id=order.evacuation_id, item_id=order.item_id,
+                instance_uuid=order.instance_uuid, host=self.host, attempt=order.attempt, ok=False,
+                error=f"unexpected: {exc!r}",
+            )
         metrics.REBUILDS.labels(ok=str(result.ok).lower()).inc()
         self.changed.set()
         await self.producer.publish(result)
