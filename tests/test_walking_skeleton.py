@@ -149,3 +149,37 @@ async def test_bad_messages_go_to_dead_letter_and_consumer_goes_on(stack: Stack,
     finally:
         await letters.stop()
         await producer.stop()
+
+
+async def test_returning_host_destroys_its_stale_copies(stack: Stack, view: ClusterView) -> None:
+    """h1 was evacuated by the first test. It comes back (as after a power cycle, its
+    domains defined but not running): it gets a CleanupOrder, destroys and undefines the
+    stale copies without touching their disks, starts none, and only then is up again."""
+    evacuated = [vm for vm in stack.vms["h1"] if vm.shared]
+    local = next(vm for vm in stack.vms["h1"] if not vm.shared)
+    view.reports.pop("h1", None)  # forget what h1 said before it died
+    stack.revive_host("h1")
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        deadline = time.monotonic() + 60
+        state = None
+        while time.monotonic() < deadline:
+            state = await conn.fetchval("SELECT state FROM hosts WHERE name='h1'")
+            report = view.reports.get("h1")
+            if state == "up" and report is not None and not any(
+                    d.uuid in {vm.uuid for vm in evacuated} for d in report.domains):
+                break
+            assert report is None or not [d for d in report.domains if d.power_state == PowerState.RUNNING
+                                          and d.uuid != local.uuid], "a stale copy was started on h1"
+            await asyncio.sleep(0.1)
+        assert state == "up"
+        report = view.reports["h1"]
+        assert [d.uuid for d in report.domains] == [local.uuid]
+        for vm in evacuated:
+            assert (stack.shared_dir / f"{vm.name}.qcow2").exists(), "cleanup must not delete shared disks"
+            seen = view.where(vm.uuid)
+            assert len(seen) == 1 and seen[0][0] in ("h2", "h3"), f"{vm.name} on {[h for h, _ in seen]}"
+        kinds = [r["kind"] for r in await conn.fetch("SELECT kind FROM audit WHERE host='h1' ORDER BY id")]
+        assert "NodeUp" in kinds and "cleanup-ordered" in kinds
+    finally:
+        await conn.close()

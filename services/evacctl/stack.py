@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from services.common.bus import ensure_topics
@@ -98,6 +98,13 @@ class Stack:
             pass
         proc.wait()
         return t
+
+    def revive_host(self, name: str) -> None:
+        """Bring a killed simulated host back as after a power cycle: its domains are all
+        still defined (stale copies) but none runs (HA domains have autostart off)."""
+        vms = [replace(vm, running=False) for vm in self.vms[name]]
+        write_node(self.workdir / "nodes" / f"{name}.xml", vms, self.shared_dir, self.workdir / "local" / name)
+        self.restart(f"executor-{name}")
 
     def restart(self, name: str) -> None:
         module = "services.executor" if name.startswith("executor-") else f"services.{name}"

@@ -20,6 +20,7 @@ from services.common.outbox import OutboxRelay, emit
 from services.common.runtime import gather_forever, require_infra, retry_start
 from services.common.schemas import (
     Assignment,
+    CleanupOrder,
     Envelope,
     EvacuationCompleted,
     EvacuationPlan,
@@ -27,6 +28,7 @@ from services.common.schemas import (
     InstanceReport,
     Message,
     NodeDown,
+    NodeUp,
     PowerState,
     RebuildResult,
     Topic,
@@ -57,7 +59,8 @@ class Planner:
         self.events = ConsumeLoop(settings.kafka_bootstrap, ConsumerSpec(
             name="planner", group="planner",
             topics=(str(Topic.HOST_EVENTS), str(Topic.PLANS), str(Topic.RESULTS)),
-            handler=self.on_event, types=frozenset({"NodeDown", "EvacuationRequested", "RebuildResult"}),
+            handler=self.on_event,
+            types=frozenset({"NodeDown", "NodeUp", "EvacuationRequested", "RebuildResult"}),
         ), self.producer, settings.fetch_max_wait_ms)
 
     async def main(self) -> None:
@@ -99,6 +102,19 @@ class Planner:
                                             f"requested by {msg.requested_by}")
             elif isinstance(msg, RebuildResult):
                 await self.on_result(conn, msg)
+            elif isinstance(msg, NodeUp):
+                await self.on_node_up(conn, msg.host)
+
+    async def on_node_up(self, conn: asyncpg.Connection, host: str) -> None:
+        """A host came back: its copies of the VMs that were evacuated away are stale.
+        Its executor destroys and undefines them (never their disks) and never starts them."""
+        rows = await conn.fetch(
+            "SELECT DISTINCT it.instance_uuid FROM evacuation_items it JOIN instances i ON i.uuid = it.instance_uuid"
+            " WHERE it.source = $1 AND it.status IN ('done', 'pending') AND i.host <> $1 ORDER BY 1", host)
+        stale = tuple(str(r["instance_uuid"]) for r in rows)
+        await emit(conn, CleanupOrder(host=host, instances=stale), SOURCE)
+        await audit(conn, "cleanup-ordered", f"{host} returned: destroy {len(stale)} stale copies", host=host)
+        log.info("host %s returned: cleanup of %d stale domains ordered", host, len(stale))
 
     async def start_evacuation(self, conn: asyncpg.Connection, source: str, trigger: str, trigger_id: str,
                                target: str | None, only: tuple[str, ...], why: str) -> None:
