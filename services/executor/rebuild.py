@@ -64,6 +64,7 @@ def rebuild(hv: Hypervisor, leases: LeaseStore, order: RebuildOrder, host: str,
             if not same_identity(existing.XMLDesc(VIR_DOMAIN_XML_INACTIVE), order.xml):
                 raise RebuildError(step, f"a different domain with uuid {order.instance_uuid} exists here")
             dom = existing
+            dom.setAutostart(0)  # HA-managed, whoever defined it before
             steps.ok(step, t, "already defined (redelivered order)")
         else:
             dom = hv.define(xml)
