@@ -69,6 +69,14 @@ class ExecutorSettings(CommonSettings):
     )
 
 
+class ApiSettings(CommonSettings):
+    api_host: str = Field("127.0.0.1", description="Address the status API listens on")
+    api_port: int = Field(8780, ge=1, le=65535, description="Port of the status API")
+    api_tokens: str = Field(
+        "", description="Bearer tokens as role:token pairs, comma-separated (roles: admin, reader)"
+    )
+
+
 S = TypeVar("S", bound=CommonSettings)
 
 

@@ -1,0 +1,23 @@
+import logging
+
+import uvicorn
+
+from services.api.app import create_app
+from services.api.auth import TokenBook
+from services.common.errors import ConfigError
+from services.common.runtime import require_infra, setup_logging
+from services.common.settings import ApiSettings, load_or_exit
+
+settings = load_or_exit(ApiSettings)
+try:
+    require_infra(settings)
+    tokens = TokenBook.parse(settings.api_tokens)
+except ConfigError as exc:
+    print(f"error: {exc}")
+    raise SystemExit(2) from None
+setup_logging(settings.log_level, "services.api")
+if not tokens.entries:
+    logging.getLogger("services.api").warning("EVACUATE_API_TOKENS is empty: every request but /healthz and"
+                                              " /metrics will be refused with 401")
+uvicorn.run(create_app(settings, tokens), host=settings.api_host, port=settings.api_port, log_config=None,
+            access_log=False)
