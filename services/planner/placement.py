@@ -50,7 +50,7 @@ from services.planner.placement_model import (
     RecoveryMethod,
     ServerGroup,
 )
-from services.planner.placement_rules import Candidate, Rules, no_capacity_causes
+from services.planner.placement_rules import Candidate, Rules, heap_miss_causes, host_causes
 
 __all__ = [
     "Assignment",
@@ -173,7 +173,6 @@ class _Planner:
         self.taken: list[str] = []
         self.results: dict[int, Assignment] = {}
         self.waiting: list[tuple[int, InstanceInfo]] = []  # no room yet; may fit a taken host
-        self.known_full: dict[tuple[Flavor, RecoveryMethod, str | None], str] = {}
 
     def run(self, evacuees: list[InstanceInfo]) -> Plan:
         for index, instance in enumerate(evacuees):
@@ -200,23 +199,10 @@ class _Planner:
     def _place(self, index: int, instance: InstanceInfo, only: HostState | None = None) -> None:
         method = self.policy.method_for(instance.host)
         candidate = self.rules.candidate(instance, self.policy, METHOD_POOLS[method])
-        cache_key = (instance.flavor, method, instance.aggregate)
-        cacheable = only is None and candidate.is_plain
-        if cacheable and cache_key in self.known_full:
-            self._no_room(index, instance, self.known_full[cache_key])
-            return
         found = self._find(candidate, only)
-        if found is None:
-            if only is not None:
-                return  # still waiting; its no-capacity reason stands
-            causes = no_capacity_causes(self.rules, candidate, instance.flavor)
-            prefix = f"target {self.policy.target}" if self.policy.target else ""
-            reason = reasons.no_capacity(instance.flavor, causes, prefix)
-            if cacheable:
-                self.known_full[cache_key] = reason
-            self._no_room(index, instance, reason)
-            if not self.policy.target and Pool.NORMAL in candidate.pools:
-                self.waiting.append((index, instance))
+        if not isinstance(found, tuple):
+            if only is None:  # a retry that fails keeps the reason it already has
+                self._no_room(index, candidate, found)
             return
         host, lead, notes = found
         if only is not None:
@@ -226,31 +212,52 @@ class _Planner:
             notes.insert(0, f"reserved host taken (recovery method {method})")
         elif host.info.reserved:
             notes.insert(0, "reserved host already taken by this plan")
-        self._decide(
-            index,
-            instance,
-            host.name,
-            AssignmentStatus.PLACED,
-            reasons.placed(host.name, lead, host.free_memory, notes),
-        )
+        reason = reasons.placed(host.name, lead, host.free_memory, notes)
+        self._decide(index, instance, host.name, AssignmentStatus.PLACED, reason)
         if newly_taken:
             self._retry_waiting(host)
 
-    def _no_room(self, index: int, instance: InstanceInfo, reason: str) -> None:
-        self._decide(index, instance, None, AssignmentStatus.NO_CAPACITY, reason)
+    def _no_room(self, index: int, candidate: Candidate, examined: list[HostState]) -> None:
+        instance, need = candidate.instance, candidate.instance.flavor
+        head = f"no host can take {need.describe()}"
+        if self.policy.target is not None:
+            head = f"target {self.policy.target} cannot take {need.describe()}"
+            causes = host_causes(self.rules, candidate, need, self.policy.target)
+        elif candidate.anchor is not None or candidate.split_anchors:
+            if candidate.anchor is not None:
+                head = (
+                    f"affinity group {', '.join(candidate.affinity)} runs on "
+                    f"{candidate.anchor}, which cannot take {need.describe()}"
+                )
+            causes = host_causes(self.rules, candidate, need, candidate.anchor or "")
+        else:
+            causes = heap_miss_causes(self.rules, candidate, need, examined, self._allowed(candidate))
+            if Pool.NORMAL in candidate.pools:
+                self.waiting.append((index, instance))
+        self._decide(index, instance, None, AssignmentStatus.NO_CAPACITY, reasons.no_capacity(head, causes))
 
-    def _find(self, candidate: Candidate, only: HostState | None) -> tuple[HostState, str, list[str]] | None:
-        """The host for ``candidate``, how it was chosen, and notes on the constraints."""
+    def _allowed(self, candidate: Candidate) -> int:
+        """How many candidate hosts the instance's method and aggregate allow."""
+        aggregate = candidate.instance.aggregate
+        if len(candidate.pools) > 1:
+            return self.rules.in_aggregate(aggregate)
+        return self.heaps.count(candidate.pools[0], aggregate)
+
+    def _find(self, candidate: Candidate, only: HostState | None) -> tuple[HostState, str, list[str]] | list[HostState]:
+        """The host for ``candidate``, how it was chosen and notes on the constraints; or,
+        when none will do, the hosts of the last search that were looked at and refused."""
         fixed, lead = only, "most free RAM after placement"
         if self.policy.target is not None:
             fixed, lead = self.hosts[self.policy.target], "operator-chosen target"
         elif candidate.anchor is not None:
-            anchored = self.hosts.get(candidate.anchor)
-            if anchored is None or (fixed is not None and fixed is not anchored):
-                return None
+            anchored = self.hosts[candidate.anchor]
+            if fixed is not None and fixed is not anchored:
+                return []
             fixed, lead = anchored, candidate.anchor_lead
+        examined: list[HostState] = []
         for need in candidate.needs:
             for keep_soft in candidate.soft_passes:
+                examined = []
                 if fixed is not None:
                     any_pool = self.policy.target is not None  # the operator's choice
                     if candidate.accepts(fixed, need, keep_soft, in_pool=any_pool):
@@ -261,10 +268,11 @@ class _Planner:
                     return candidate.accepts(host, n, k, in_pool=True)
 
                 for pool in candidate.pools:
-                    host = self.heaps.best(pool, candidate.instance.aggregate, self.hosts, accept)
+                    aggregate = candidate.instance.aggregate
+                    host = self.heaps.best(pool, aggregate, need, self.hosts, accept, examined)
                     if host is not None:
                         return host, lead, candidate.notes(need, keep_soft)
-        return None
+        return examined
 
     def _commit(self, instance: InstanceInfo, host: HostState) -> bool:
         """Use ``host`` for ``instance``; True when that takes a reserved host."""
@@ -274,13 +282,17 @@ class _Planner:
         if Pool.RESERVED in host.pools and Pool.NORMAL not in host.pools:
             self.taken.append(host.name)
             self.heaps.add(host, Pool.NORMAL)
-            self.known_full.clear()
             return True
         return False
 
     def _retry_waiting(self, host: HostState) -> None:
+        """Give a just-taken reserved host to the waiting instances first (priority order)."""
         waiting, self.waiting = self.waiting, []
-        for index, instance in waiting:
-            self._place(index, instance, only=host)
+        for position, (index, instance) in enumerate(waiting):
+            if not host.fits(self.heaps.smallest):
+                self.waiting.extend(waiting[position:])
+                return
+            if host.fits(instance.flavor):
+                self._place(index, instance, only=host)
             if self.results[index].status is not AssignmentStatus.PLACED:
                 self.waiting.append((index, instance))

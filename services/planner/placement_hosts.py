@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections import Counter
 from collections.abc import Callable, Iterable
 from enum import StrEnum
 
@@ -38,6 +39,7 @@ class HostState:
         "used_disk",
         "version",
         "pools",
+        "heap_keys",
     )
 
     def __init__(self, info: HostInfo) -> None:
@@ -51,6 +53,7 @@ class HostState:
         self.used_disk = info.used.disk_gib
         self.version = 0
         self.pools: set[Pool] = set()
+        self.heap_keys: tuple[str | None, ...] = (None,)  # set by HostHeaps
 
     @property
     def free(self) -> Flavor:
@@ -97,14 +100,20 @@ class HostHeaps:
 
     def __init__(self, aggregates_wanted: Iterable[str], smallest_need: Flavor) -> None:
         self._aggregates = frozenset(aggregates_wanted)
-        self._smallest = smallest_need
+        self.smallest = smallest_need
         self._heaps: dict[tuple[Pool, str | None], list[_Entry]] = {}
+        self._counts: Counter[tuple[Pool, str | None]] = Counter()
 
     def add(self, host: HostState, pool: Pool) -> None:
         """Make ``host`` a candidate of ``pool`` (a taken reserved host joins NORMAL)."""
         if pool in host.pools:
             return
+        if not host.pools:
+            wanted = sorted(host.info.aggregates & self._aggregates)
+            host.heap_keys = (None, *wanted)
         host.pools.add(pool)
+        for key in host.heap_keys:
+            self._counts[(pool, key)] += 1
         self._push(host, (pool,))
 
     def changed(self, host: HostState) -> None:
@@ -112,23 +121,27 @@ class HostHeaps:
         self._push(host, host.pools)
 
     def _push(self, host: HostState, pools: Iterable[Pool]) -> None:
-        if not host.fits(self._smallest):
+        if not host.fits(self.smallest):
             return
         entry = (-host.free_memory, host.name, host.version)
-        keys: list[str | None] = [None]
-        keys.extend(sorted(host.info.aggregates & self._aggregates))
         for pool in pools:
-            for key in keys:
+            for key in host.heap_keys:
                 heapq.heappush(self._heaps.setdefault((pool, key), []), entry)
 
     def best(
         self,
         pool: Pool,
         aggregate: str | None,
+        need: Flavor,
         hosts: dict[str, HostState],
         accept: Callable[[HostState], bool],
+        examined: list[HostState],
     ) -> HostState | None:
-        """The host with the most free RAM in ``pool`` (and ``aggregate``) that ``accept``s."""
+        """The host with the most free RAM in ``pool`` (and ``aggregate``) that ``accept``s.
+
+        Hosts looked at and refused are appended to ``examined``, roomiest first. The search
+        stops at the first host with less free RAM than ``need``: all below it have less.
+        """
         heap = self._heaps.get((pool, aggregate))
         if not heap:
             return None
@@ -137,12 +150,19 @@ class HostHeaps:
         while heap:
             entry = heapq.heappop(heap)
             host = hosts[entry[1]]
-            if entry[2] != host.version or not host.fits(self._smallest):
+            if entry[2] != host.version or not host.fits(self.smallest):
                 continue  # stale entry, or a host too full for anything left: drop it
             passed.append(entry)
+            if -entry[0] < need.memory_mib:
+                break
             if accept(host):
                 found = host
                 break
+            examined.append(host)
         for entry in passed:
             heapq.heappush(heap, entry)
         return found
+
+    def count(self, pool: Pool, aggregate: str | None) -> int:
+        """How many candidate hosts ``pool`` has (in ``aggregate``), full ones included."""
+        return self._counts.get((pool, aggregate), 0)

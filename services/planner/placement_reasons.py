@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from services.planner.placement_model import Flavor
 
@@ -17,18 +17,24 @@ def placed(host: str, lead: str, free_memory_mib: int, notes: Sequence[str]) -> 
     return ", ".join([text, *notes])
 
 
-def no_capacity(need: Flavor, causes: Mapping[str, Sequence[str]], prefix: str = "") -> str:
+Cause = tuple[str, Sequence[str] | int]
+
+
+def no_capacity(head: str, causes: Sequence[Cause]) -> str:
     """E.g. ``no host can take 4 vCPU / 8192 MiB RAM / 40 GiB disk: short of RAM: h2;
-    disabled: h3``; ``causes`` maps a cause to the hosts it rules out, in order."""
-    head = prefix or f"no host can take {need.describe()}"
-    if not causes:
-        return f"{head}: there is no other host"
+    12 more with less free RAM than needed, or full; disabled: h3``. Each cause comes with
+    the hosts it rules out (quoted up to a few) or just their number."""
     parts = []
-    for cause, names in causes.items():
-        shown = ", ".join(names[:NAMES_PER_CAUSE])
-        more = len(names) - NAMES_PER_CAUSE
-        parts.append(f"{cause}: {shown}" + (f" and {more} more" if more > 0 else ""))
-    return f"{head}: " + "; ".join(parts)
+    for cause, hosts in causes:
+        if isinstance(hosts, int):
+            parts.append(f"{hosts} {cause}")
+        elif not hosts:
+            parts.append(cause)
+        else:
+            shown = ", ".join(hosts[:NAMES_PER_CAUSE])
+            more = len(hosts) - NAMES_PER_CAUSE
+            parts.append(f"{cause}: {shown}" + (f" and {more} more" if more > 0 else ""))
+    return f"{head}: " + ("; ".join(parts) if parts else "there is no other host")
 
 
 def target_refused(target: str, problem: str) -> str:

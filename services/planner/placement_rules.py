@@ -17,6 +17,7 @@ from services.planner.placement_model import (
     RecoveryMethod,
     ServerGroup,
 )
+from services.planner.placement_reasons import Cause
 
 
 class Rules:
@@ -36,6 +37,19 @@ class Rules:
         self.candidates = {
             name: HostState(info) for name, info in infos.items() if name not in failed and info.up and info.enabled
         }
+        self.never_candidates = {
+            cause: names
+            for cause, names in (
+                ("failed", sorted(failed)),
+                ("down", [n for n in self.names if n not in failed and not infos[n].up]),
+                (
+                    "disabled",
+                    [n for n in self.names if n not in failed and infos[n].up and not infos[n].enabled],
+                ),
+            )
+            if names
+        }
+        self._in_aggregate: dict[str | None, int] = {None: len(self.candidates)}
         self.groups: dict[str, ServerGroup] = {}
         for group in groups:
             if group.name in self.groups:
@@ -73,10 +87,13 @@ class Rules:
 
     def candidate(self, instance: InstanceInfo, policy: Policy, pools: tuple[Pool, ...]) -> Candidate:
         mine = self.member_of.get(instance.uuid, ())
-        by_policy: dict[GroupPolicy, list[str]] = {p: [] for p in GroupPolicy}
-        for group in mine:
-            by_policy[group.policy].append(group.name)
-        affinity = by_policy[GroupPolicy.AFFINITY]
+        excluded = policy.exclude.get(instance.uuid, _NONE) if policy.exclude else _NONE
+        method = policy.method_for(instance.host)
+        if not mine:  # the common case, kept cheap
+            return Candidate(self, instance, method, pools, policy.target, excluded, (instance.flavor,))
+        anti = tuple(g.name for g in mine if g.policy is GroupPolicy.ANTI_AFFINITY)
+        soft = tuple(g.name for g in mine if g.policy is GroupPolicy.SOFT_ANTI_AFFINITY)
+        affinity = tuple(g.name for g in mine if g.policy is GroupPolicy.AFFINITY)
         anchors = {a for g in affinity if (a := self.anchors[g]) is not None}
         needs: tuple[Flavor, ...] = (instance.flavor,)
         together = 0
@@ -86,21 +103,20 @@ class Rules:
             together, total = max(self.demand[g] for g in affinity)
             if together > 1:
                 needs = (total, instance.flavor)
-        soft = by_policy[GroupPolicy.SOFT_ANTI_AFFINITY]
         return Candidate(
-            rules=self,
-            instance=instance,
-            method=policy.method_for(instance.host),
-            pools=pools,
-            target=policy.target,
-            excluded=policy.exclude.get(instance.uuid, frozenset()),
-            anti=tuple(by_policy[GroupPolicy.ANTI_AFFINITY]),
-            soft=tuple(soft),
-            affinity=tuple(affinity),
+            self,
+            instance,
+            method,
+            pools,
+            policy.target,
+            excluded,
+            needs,
+            anti=anti,
+            soft=soft,
+            affinity=affinity,
             anchor=min(anchors) if anchors else None,
             split_anchors=len(anchors) > 1,
             together=together,
-            needs=needs,
             soft_passes=(True, False) if soft else (True,),
         )
 
@@ -110,6 +126,12 @@ class Rules:
             if group.name in self.anchors and self.anchors[group.name] is None:
                 self.anchors[group.name] = host
 
+    def in_aggregate(self, aggregate: str | None) -> int:
+        """How many candidate hosts are in ``aggregate`` (all of them for None)."""
+        if aggregate not in self._in_aggregate:
+            self._in_aggregate[aggregate] = sum(1 for h in self.candidates.values() if aggregate in h.info.aggregates)
+        return self._in_aggregate[aggregate]
+
     def holds_member(self, groups: tuple[str, ...], host: str) -> str | None:
         for name in groups:
             if self.where[name].get(host):
@@ -117,7 +139,10 @@ class Rules:
         return None
 
 
-@dataclass(frozen=True, slots=True)
+_NONE: frozenset[str] = frozenset()
+
+
+@dataclass(slots=True)
 class Candidate:
     """One instance's constraints, evaluated against hosts as the plan fills them."""
 
@@ -127,14 +152,14 @@ class Candidate:
     pools: tuple[Pool, ...]
     target: str | None
     excluded: frozenset[str]
-    anti: tuple[str, ...]
-    soft: tuple[str, ...]
-    affinity: tuple[str, ...]
-    anchor: str | None
-    split_anchors: bool
-    together: int  # members of an anchorless affinity group to place together
-    needs: tuple[Flavor, ...]  # tried in order: the whole group first, then the instance
-    soft_passes: tuple[bool, ...]  # keep soft-anti-affinity, then (if need be) break it
+    needs: tuple[Flavor, ...]  # tried in order: the whole affinity group first, then the instance
+    anti: tuple[str, ...] = ()
+    soft: tuple[str, ...] = ()
+    affinity: tuple[str, ...] = ()
+    anchor: str | None = None
+    split_anchors: bool = False
+    together: int = 0  # members of an anchorless affinity group to place together
+    soft_passes: tuple[bool, ...] = (True,)  # keep soft-anti-affinity, then (if need be) break it
 
     @property
     def is_plain(self) -> bool:
@@ -187,15 +212,41 @@ class Candidate:
         return notes
 
 
-def no_capacity_causes(rules: Rules, cand: Candidate, need: Flavor) -> dict[str, list[str]]:
-    """Why each host cannot take ``need`` for ``cand``: cause -> host names, in order."""
-    causes: dict[str, list[str]] = {}
-    for name in rules.names:
-        if cand.target is not None and name != cand.target:
-            continue
-        cause = _cause(rules, cand, need, name)
-        causes.setdefault(cause, []).append(name)
+def heap_miss_causes(
+    rules: Rules, cand: Candidate, need: Flavor, examined: Sequence[HostState], allowed: int
+) -> list[Cause]:
+    """Why no host took ``need``: the hosts looked at by cause (roomiest first), then
+    counts of the others, then the hosts that were never candidates."""
+    named: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    for host in examined:
+        if host.name not in seen:
+            seen.add(host.name)
+            named.setdefault(_cause(rules, cand, need, host.name), []).append(host.name)
+    causes: list[Cause] = list(named.items())
+    if allowed > len(seen):
+        causes.append(("more with less free RAM than needed, or full", allowed - len(seen)))
+    aggregate = cand.instance.aggregate
+    in_aggregate = rules.in_aggregate(aggregate)
+    if in_aggregate > allowed:
+        causes.append((_pool_cause(cand, plural=True), in_aggregate - allowed))
+    if aggregate is not None and len(rules.candidates) > in_aggregate:
+        causes.append((f"not in aggregate {aggregate}", len(rules.candidates) - in_aggregate))
+    causes.extend(rules.never_candidates.items())
     return causes
+
+
+def host_causes(rules: Rules, cand: Candidate, need: Flavor, name: str) -> list[Cause]:
+    if cand.split_anchors:
+        return [(f"affinity groups {', '.join(cand.affinity)} run on different hosts", [])]
+    return [(_cause(rules, cand, need, name), [name])]
+
+
+def _pool_cause(cand: Candidate, plural: bool) -> str:
+    it = "them" if plural else "it"
+    if Pool.RESERVED in cand.pools:
+        return f"not reserved (recovery method {cand.method} uses reserved hosts only)"
+    return f"reserved (recovery method {cand.method} does not use {it})"
 
 
 def _cause(rules: Rules, cand: Candidate, need: Flavor, name: str) -> str:
@@ -208,9 +259,7 @@ def _cause(rules: Rules, cand: Candidate, need: Flavor, name: str) -> str:
         return "disabled"
     host = rules.candidates[name]
     if cand.target is None and host.pools.isdisjoint(cand.pools):
-        if Pool.RESERVED in host.pools:
-            return f"reserved (recovery method {cand.method} does not use it)"
-        return f"not reserved (recovery method {cand.method} uses reserved hosts only)"
+        return _pool_cause(cand, plural=False)
     aggregate = cand.instance.aggregate
     if aggregate is not None and aggregate not in info.aggregates:
         return f"not in aggregate {aggregate}"
