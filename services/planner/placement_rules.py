@@ -20,6 +20,10 @@ from services.planner.placement_model import (
 from services.planner.placement_reasons import Cause
 
 
+# Up to this many candidate hosts, a no-capacity reason gives every host's cause.
+DETAILED_UP_TO = 32
+
+
 class Rules:
     """The candidate hosts and where each server group's members are (updated as we go)."""
 
@@ -215,9 +219,14 @@ class Candidate:
 def heap_miss_causes(
     rules: Rules, cand: Candidate, need: Flavor, examined: Sequence[HostState], allowed: int
 ) -> list[Cause]:
-    """Why no host took ``need``: the hosts looked at by cause (roomiest first), then
-    counts of the others, then the hosts that were never candidates."""
+    """Why no host took ``need``. A small cluster gets every host's cause, by name; a large
+    one the hosts the search looked at (roomiest first), counts of the others, then the
+    hosts that were never candidates, so the reason costs no full scan."""
     named: dict[str, list[str]] = {}
+    if len(rules.candidates) <= DETAILED_UP_TO:
+        for name in rules.names:
+            named.setdefault(_cause(rules, cand, need, name), []).append(name)
+        return list(named.items())
     seen: set[str] = set()
     for host in examined:
         if host.name not in seen:
@@ -225,7 +234,7 @@ def heap_miss_causes(
             named.setdefault(_cause(rules, cand, need, host.name), []).append(host.name)
     causes: list[Cause] = list(named.items())
     if allowed > len(seen):
-        causes.append(("more with less free RAM than needed, or full", allowed - len(seen)))
+        causes.append(("more without room (less free RAM than needed, or full)", allowed - len(seen)))
     aggregate = cand.instance.aggregate
     in_aggregate = rules.in_aggregate(aggregate)
     if in_aggregate > allowed:
