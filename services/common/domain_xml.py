@@ -93,21 +93,47 @@ def _metadata_ips(root: ET.Element) -> dict[str, str]:
     return out
 
 
+CONFIG_DRIVE_SERIAL = "config-2"
+
+
+def _config_drive_target(root: ET.Element, kept: ET.Element | None) -> tuple[str, str]:
+    """(dev, bus) for the config-drive cdrom: the one it had, else a name no other disk
+    uses on a bus the machine has (IDE on i440fx, SATA on q35, which has no IDE)."""
+    used = {t.get("dev") for t in root.findall("./devices/disk/target")}
+    if kept is not None and kept.get("dev") and kept.get("dev") not in used:
+        return kept.get("dev", ""), kept.get("bus", "ide")
+    machine = ""
+    os_type = root.find("os/type")
+    if os_type is not None:
+        machine = os_type.get("machine", "")
+    bus, prefix, letters = ("sata", "sd", "abcdefghijklmnopqrstuvwxyz") if "q35" in machine else ("ide", "hd", "dcba")
+    for letter in letters:
+        if prefix + letter not in used:
+            return prefix + letter, bus
+    raise RebuildError("attach-config-drive", f"no free {bus} target for the config drive (used: {sorted(used)})")
+
+
 def with_config_drive(xml: str, iso_path: str) -> str:
     """Attach (or re-point) the config-drive cdrom; everything else stays as it was."""
-    root = ET.fromstring(xml)
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as exc:
+        raise RebuildError("attach-config-drive", f"malformed domain XML: {exc}") from None
     devices = root.find("devices")
     if devices is None:
         devices = ET.SubElement(root, "devices")
+    kept: ET.Element | None = None
     for d in devices.findall("disk"):
-        if d.get("device") == "cdrom" and (d.findtext("serial") or "") == "config-2":
+        if d.get("device") == "cdrom" and (d.findtext("serial") or "").strip() == CONFIG_DRIVE_SERIAL:
+            kept = d.find("target") if kept is None else kept
             devices.remove(d)
+    dev, bus = _config_drive_target(root, kept)
     disk = ET.SubElement(devices, "disk", {"type": "file", "device": "cdrom"})
     ET.SubElement(disk, "driver", {"name": "qemu", "type": "raw"})
     ET.SubElement(disk, "source", {"file": iso_path})
-    ET.SubElement(disk, "target", {"dev": "hdd", "bus": "ide"})
+    ET.SubElement(disk, "target", {"dev": dev, "bus": bus})
     ET.SubElement(disk, "readonly")
-    ET.SubElement(disk, "serial").text = "config-2"
+    ET.SubElement(disk, "serial").text = CONFIG_DRIVE_SERIAL
     return ET.tostring(root, encoding="unicode")
 
 
