@@ -36,7 +36,7 @@ HTML_ROOT = "/srv/www/shop"
 # Host names and indexes (which make the VMs' uuids) of their own: the broker is shared
 # with the other process tests of the session.
 VICTIM, OTHERS = "tp1", ("tp2", "tp3")
-HOSTS = ((7, VICTIM, 5), (8, OTHERS[0], 3), (9, OTHERS[1], 3))  # index, name, VMs
+HOSTS = ((7, VICTIM, 7), (8, OTHERS[0], 3), (9, OTHERS[1], 3))  # index, name, VMs
 
 # A template that uses the built-ins which differ between source and target.
 BUILD_INFO = """# where and as what this instance was (re)built
@@ -63,6 +63,10 @@ map {
 }
 """
 NEEDS_ADMIN_BODY = "ServerAdmin {{ADMIN_EMAIL}}\n"
+
+# A mapped file too big for a config drive sent inline on the bus.
+HUGE = "metadata { INSTANCE_NAME; }\nmap { /var/lib/blob }\n"
+HUGE_BODY = "{{INSTANCE_NAME}}\n" + "x" * 2_000_000
 
 
 def _with_db(url: str, name: str) -> str:
@@ -149,9 +153,9 @@ async def _assign(conn: asyncpg.Connection, vm: SimVM, template: str, metadata: 
 
 async def test_templated_instance_gets_config_drive_rendered_for_target(stack: Stack, view: ClusterView) -> None:
     vms = stack.vms[VICTIM]
-    # tp1-vm00..02 run, vm03 is shut off (all on shared storage), vm04 has a local disk.
-    web, no_admin, unregistered, shut, local = vms
-    assert (web.running, no_admin.running, unregistered.running, shut.running) == (True, True, True, False)
+    # tp1-vm00..04 run, vm05 is shut off (all on shared storage), vm06 has a local disk.
+    web, no_admin, unregistered, corrupt, huge, shut, local = vms
+    assert [vm.running for vm in vms[:6]] == [True] * 5 + [False]
     assert web.shared and shut.shared and not local.shared
 
     text, bodies = load_bundle(EXAMPLE)
@@ -162,10 +166,16 @@ async def test_templated_instance_gets_config_drive_rendered_for_target(stack: S
         await _register(conn, "httpd", text, bodies)
         await _register(conn, "build-info", BUILD_INFO, {"/etc/build-info": BUILD_INFO_BODY})
         await _register(conn, "needs-admin", NEEDS_ADMIN, {SERVER_INC: NEEDS_ADMIN_BODY})
+        await _register(conn, "huge", HUGE, {"/var/lib/blob": HUGE_BODY})
+        # A row the API would refuse (a body that is not text): it must fail alone all the same.
+        await conn.execute("INSERT INTO templates (name, version, text, bodies) VALUES ('corrupt', 1, $1, $2)",
+                           "metadata { HOST; }\nmap { /etc/motd }\n", {"/etc/motd": 42})
         await _assign(conn, web, "httpd", {"HTML_ROOT": HTML_ROOT})
         await _assign(conn, shut, "build-info", {"ROLE": "web"})
         await _assign(conn, no_admin, "needs-admin", {"HTML_ROOT": HTML_ROOT})
         await _assign(conn, unregistered, "no-such-template", {})
+        await _assign(conn, corrupt, "corrupt", {})
+        await _assign(conn, huge, "huge", {})
 
         killed = stack.kill(f"executor-{VICTIM}")
         deadline = time.monotonic() + 90
@@ -231,7 +241,9 @@ async def test_templated_instance_gets_config_drive_rendered_for_target(stack: S
         validate_values(parse(NEEDS_ADMIN), {"HTML_ROOT": HTML_ROOT})
     assert (refused.value.line, refused.value.item) == (4, "ADMIN_EMAIL")
     for vm, why in ((no_admin, ["line 4, column", "item 'ADMIN_EMAIL'", "required", "needs-admin"]),
-                    (unregistered, ["no-such-template", "not registered"])):
+                    (unregistered, ["no-such-template", "not registered"]),
+                    (corrupt, ["template corrupt:"]),
+                    (huge, ["template huge:", "too large to send"])):
         item = items[vm.uuid]
         assert item["status"] == "failed", dict(item)
         for part in why:

@@ -99,7 +99,7 @@ CONFIG_DRIVE_SERIAL = "config-2"
 def _config_drive_target(root: ET.Element, kept: ET.Element | None) -> tuple[str, str]:
     """(dev, bus) for the config-drive cdrom: the one it had, else a name no other disk
     uses on a bus the machine has (IDE on i440fx, SATA on q35, which has no IDE)."""
-    used = {t.get("dev") for t in root.findall("./devices/disk/target")}
+    used = {t.get("dev", "") for t in root.findall("./devices/disk/target")}
     if kept is not None and kept.get("dev") and kept.get("dev") not in used:
         return kept.get("dev", ""), kept.get("bus", "ide")
     machine = ""

@@ -8,6 +8,8 @@ from __future__ import annotations
 import base64
 import logging
 import uuid
+from collections.abc import Mapping
+from typing import Any
 
 import asyncpg
 
@@ -25,6 +27,8 @@ from services.common.schemas import (
     RebuildResult,
     Step,
     Topic,
+    encode,
+    wrap,
 )
 from services.common.settings import TemplaterSettings
 from services.templater.configdrive import build_config_drive
@@ -32,6 +36,9 @@ from services.templater.template import TemplateError, parse, render, validate_v
 
 log = logging.getLogger("services.templater")
 SOURCE = "templater"
+# An order (its JSON envelope) must stay under the producer's max_request_size (aiokafka's
+# default, 1 MiB) with room for the record's own overhead.
+MAX_ORDER_BYTES = 1_000_000
 
 
 def order_id(item_id: str, attempt: int) -> str:
@@ -52,8 +59,10 @@ def builtins_for(a: Assignment) -> dict[str, str]:
     }
 
 
-def config_drive_for(a: Assignment, text: str, bodies: dict[str, str]) -> bytes:
+def config_drive_for(a: Assignment, text: str, bodies: Mapping[str, str]) -> bytes:
     """Render the template for this assignment; raises TemplateError."""
+    if not isinstance(bodies, Mapping):
+        raise ValueError(f"the template's bodies are a {type(bodies).__name__}, not a map of guest path to text")
     template = parse(text)
     builtins = builtins_for(a)
     user = {k: v for k, v in a.metadata.items() if k != "hostname"}
@@ -84,35 +93,61 @@ class Templater:
             await self.producer.stop()
             await self.pool.close()
 
-    async def template(self, ref: str) -> tuple[str, dict[str, str]] | None:
+    async def template(self, ref: str) -> tuple[str, Any] | None:
+        """The text and bodies of a template reference ``name`` (newest version) or
+        ``name@version``; None when no such template is registered."""
         assert self.pool is not None
-        name, _, version = ref.partition("@")
+        name, at, version = ref.partition("@")
+        if at and not version.isdigit():
+            return None
         row = await self.pool.fetchrow(
             "SELECT text, bodies FROM templates WHERE name=$1 AND ($2::int IS NULL OR version=$2)"
-            " ORDER BY version DESC LIMIT 1", name, int(version) if version.isdigit() else None)
-        return (row["text"], dict(row["bodies"])) if row else None
+            " ORDER BY version DESC LIMIT 1", name, int(version) if at else None)
+        return (row["text"], row["bodies"]) if row else None
 
     async def on_plan(self, env: Envelope, msg: Message) -> None:
         assert isinstance(msg, EvacuationPlan)
         # Orders are derived deterministically (order id from item id and attempt), so a
         # redelivered plan yields the same orders and the executor treats them as one.
+        failed = 0
         for a in msg.assignments:
             drive: str | None = None
             if a.template:
+                # Reading the template is infrastructure: a database error fails the whole
+                # handler, which the consume loop retries. Everything after it concerns this
+                # item alone and fails it alone, whatever the exception.
+                found = await self.template(a.template)
                 try:
-                    found = await self.template(a.template)
                     if found is None:
                         raise TemplateError(f"server template {a.template!r} is not registered", line=0, column=0)
-                    drive = base64.b64encode(config_drive_for(a, *found)).decode()
+                    drive = base64.b64encode(config_drive_for(a, found[0], found[1])).decode()
                 except (TemplateError, RebuildError, ValueError) as exc:
                     await self.fail(msg, a, f"template {a.template}: {exc}")
+                    failed += 1
                     continue
-            await self.producer.publish(RebuildOrder(
+                except Exception as exc:  # noqa: BLE001 - e.g. a corrupt templates row: this item only
+                    log.warning("%s: rendering %s failed", a.instance_name, a.template, exc_info=True)
+                    await self.fail(msg, a, f"template {a.template}: cannot render: {exc!r}")
+                    failed += 1
+                    continue
+            order = RebuildOrder(
                 order_id=order_id(a.item_id, a.attempt), evacuation_id=msg.evacuation_id, item_id=a.item_id,
                 source=msg.source, target=a.target, instance_uuid=a.instance_uuid, instance_name=a.instance_name,
                 attempt=a.attempt, xml=a.xml, power_state=a.power_state, config_drive_b64=drive,
-            ))
-        log.info("plan %s: %d orders", msg.evacuation_id, len(msg.assignments))
+            )
+            raw = encode(wrap(order, SOURCE))
+            if len(raw) > MAX_ORDER_BYTES:
+                # The broker would refuse it, and the consume loop would retry that forever,
+                # holding up every plan behind this one.
+                why = f"the rebuild order is too large to send ({len(raw)} bytes, limit {MAX_ORDER_BYTES})"
+                if drive:
+                    why = (f"template {a.template}: {why}: its config drive is {len(drive)} bytes base64 and"
+                           " delivery on shared storage is not implemented")
+                await self.fail(msg, a, why)
+                failed += 1
+                continue
+            await self.producer.send_raw(str(Topic.ORDERS), order.key(), raw)
+        log.info("plan %s: %d orders, %d failed to render", msg.evacuation_id, len(msg.assignments) - failed, failed)
 
     async def fail(self, plan: EvacuationPlan, a: Assignment, error: str) -> None:
         log.warning("%s: %s", a.instance_name, error)
