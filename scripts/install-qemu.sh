@@ -7,3 +7,7 @@ $SUDO apt-get update
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends \
   libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86 libvirt-clients libvirt-dev pkg-config \
   busybox-static cpio
+# A privileged (root) embedded QEMU driver parses its built-in default user before it reads
+# qemu.conf; libvirt-daemon-system would create that user, but it pulls in systemd.
+getent passwd libvirt-qemu >/dev/null || $SUDO useradd --system --no-create-home --shell /usr/sbin/nologin \
+  --user-group libvirt-qemu

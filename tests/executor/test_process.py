@@ -41,7 +41,8 @@ HOST = f"exec-{uuid.uuid4().hex[:6]}"
 class Inbox:
     """Everything the executor under test publishes, in arrival order."""
 
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, bootstrap: str, hosts: tuple[str, ...] = (HOST,)) -> None:
+        self.hosts = hosts
         self.consumer = AIOKafkaConsumer(
             str(Topic.HEARTBEATS), str(Topic.RESULTS), bootstrap_servers=bootstrap, group_id=f"t-{uuid.uuid4()}",
             auto_offset_reset="earliest", fetch_max_wait_ms=10)
@@ -60,7 +61,7 @@ class Inbox:
             for records in batch.values():
                 for r in records:
                     _, msg = decode(r.value)
-                    if getattr(msg, "host", None) == HOST:
+                    if getattr(msg, "host", None) in self.hosts:
                         self.seen.append(msg)
 
 
