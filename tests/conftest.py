@@ -9,12 +9,11 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import pytest
 
 from services.common.embedded import EmbeddedBroker, EmbeddedPostgres
+from services.evacctl.stack import admin_sql, with_database
 
 
 @pytest.fixture(scope="session")
@@ -22,19 +21,6 @@ def broker() -> Iterator[EmbeddedBroker]:
     b = EmbeddedBroker().start()
     yield b
     b.stop()
-
-
-def _with_db(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
-
-
-async def _admin(url: str, sql: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 @pytest.fixture(scope="session")
@@ -45,8 +31,8 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         embedded = EmbeddedPostgres(Path(tmp_path_factory.mktemp("pg")) / "data").start()
         base = embedded.url
     name = f"evacuate_test_{uuid.uuid4().hex[:10]}"
-    asyncio.run(_admin(base, f'CREATE DATABASE "{name}"'))
-    yield _with_db(base, name)
-    asyncio.run(_admin(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(admin_sql(base, f'CREATE DATABASE "{name}"'))
+    yield with_database(base, name)
+    asyncio.run(admin_sql(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     if embedded:
         embedded.stop()

@@ -98,7 +98,7 @@ async def follow(stack: Stack, view: ClusterView, victim: str, killed_at: float,
 
 
 async def run_demo(workdir: Path, hosts: int = 3, vms_per_host: int = 10, timeout: float = 60.0) -> int:
-    stack = Stack(workdir)
+    stack = Stack(workdir, fresh_database=True)
     console.print("[bold]Evacuate demo[/bold]: starting the broker, PostgreSQL and the services ...")
     try:
         await asyncio.to_thread(stack.start_infra)

@@ -10,13 +10,33 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
 
 from services.common.bus import ensure_topics
 from services.common.db import migrate
 from services.common.embedded import EmbeddedBroker, EmbeddedPostgres, default_data_dir
 from services.evacctl.simcluster import SimVM, plan_vms, write_node
+
+
+def with_database(url: str, name: str) -> str:
+    """The same server URL with another database (works for TCP and unix-socket URLs)."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+async def admin_sql(url: str, sql: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
 
 SERVICES = ("detector", "planner", "templater")
 
@@ -29,6 +49,9 @@ class Stack:
     heartbeat_interval: float = 0.5
     profile: str = "aggressive"
     extra_env: dict[str, str] = field(default_factory=dict)
+    fresh_database: bool = False  # create (and at stop drop) a database of its own on the server
+    _created_db: str = ""
+    _admin_url: str = ""
     broker: EmbeddedBroker | None = None
     postgres: EmbeddedPostgres | None = None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -50,6 +73,11 @@ class Stack:
         asyncio.run(self._prepare())
 
     async def _prepare(self) -> None:
+        if self.fresh_database:
+            name = f"evacuate_run_{uuid.uuid4().hex[:10]}"
+            await admin_sql(self.database_url, f'CREATE DATABASE "{name}"')
+            self._admin_url, self._created_db = self.database_url, name
+            self.database_url = with_database(self.database_url, name)
         await migrate(self.database_url)
         await ensure_topics(self.kafka_bootstrap)
 
@@ -80,10 +108,10 @@ class Stack:
             self.spawn(name, f"services.{name}")
 
     def add_host(self, index: int, name: str, vm_count: int = 10, shutoff: int = 2, local: int = 1,
-                 memory_mib: int = 65536) -> None:
+                 memory_mib: int = 65536, cpus: int = 32) -> None:
         vms = plan_vms(index, name, vm_count, shutoff=shutoff, local=local)
         uri = write_node(self.workdir / "nodes" / f"{name}.xml", vms, self.shared_dir,
-                         self.workdir / "local" / name, memory_mib=memory_mib)
+                         self.workdir / "local" / name, memory_mib=memory_mib, cpus=cpus)
         self.vms[name] = vms
         self.spawn(f"executor-{name}", "services.executor", EVACUATE_HOST=name, EVACUATE_LIBVIRT_URI=uri,
                    EVACUATE_FENCE_DRIVER="process")
@@ -135,6 +163,11 @@ class Stack:
                     pass
                 proc.wait()
         self.procs.clear()
+        if self._created_db:
+            drop = admin_sql(self._admin_url, f'DROP DATABASE IF EXISTS "{self._created_db}" WITH (FORCE)')
+            with ThreadPoolExecutor(1) as pool:  # stop() may be called from inside an event loop
+                pool.submit(asyncio.run, drop).result()
+            self._created_db = ""
         if self.broker:
             self.broker.stop()
         if self.postgres:
