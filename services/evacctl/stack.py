@@ -163,15 +163,17 @@ class Stack:
                     pass
                 proc.wait()
         self.procs.clear()
-        if self._created_db:
-            drop = admin_sql(self._admin_url, f'DROP DATABASE IF EXISTS "{self._created_db}" WITH (FORCE)')
-            with ThreadPoolExecutor(1) as pool:  # stop() may be called from inside an event loop
-                pool.submit(asyncio.run, drop).result()
-            self._created_db = ""
-        if self.broker:
-            self.broker.stop()
-        if self.postgres:
-            self.postgres.stop()
+        try:
+            if self._created_db:
+                drop = admin_sql(self._admin_url, f'DROP DATABASE IF EXISTS "{self._created_db}" WITH (FORCE)')
+                with ThreadPoolExecutor(1) as pool:  # stop() may be called from inside an event loop
+                    pool.submit(asyncio.run, drop).result()
+                self._created_db = ""
+        finally:
+            if self.broker:
+                self.broker.stop()
+            if self.postgres:
+                self.postgres.stop()
 
     def dead_services(self) -> list[str]:
         return [n for n, p in self.procs.items() if p.poll() is not None]
