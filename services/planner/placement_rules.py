@@ -19,7 +19,6 @@ from services.planner.placement_model import (
 )
 from services.planner.placement_reasons import Cause
 
-
 # Up to this many candidate hosts, a no-capacity reason gives every host's cause.
 DETAILED_UP_TO = 32
 
@@ -104,7 +103,8 @@ class Rules:
         if len(anchors) > 1:
             needs = ()  # two affinity groups pull it to different hosts
         elif not anchors and affinity:
-            together, total = max(self.demand[g] for g in affinity)
+            biggest = max(affinity, key=lambda g: self.demand[g][0])  # first of equals: by name
+            together, total = self.demand[biggest]
             if together > 1:
                 needs = (total, instance.flavor)
         return Candidate(
