@@ -120,7 +120,7 @@ def placed(result: Plan) -> list[tuple[InstanceInfo, str]]:
     return [(a, a.target) for a in result.assignments if a.target is not None]  # type: ignore[misc]
 
 
-COMMON = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+COMMON = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @COMMON
