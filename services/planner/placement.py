@@ -18,13 +18,17 @@ clock. Rules, in the order they apply to each instance:
   lower priority never gets room a higher one could have used.
 * anti-affinity is never broken; soft-anti-affinity is broken only when no other host has
   room, and the reason says so; affinity members join their group's members on a healthy
-  host, or (if there is none) go together to the first host chosen for the group, which
-  is picked to fit the whole group when some host can.
+  (up, enabled, not failed) host, the one with most members if they are split, or (if
+  there is none) go together to the first host chosen for the group, which is picked to
+  fit the whole group when some host can; an affinity group is never split by the plan.
 * Among the allowed hosts the one with the most free RAM after placement wins (ties by
   name), which spreads the load.
-* ``Policy.target`` (manual evacuation) replaces the choice: every instance goes there or
-  gets ``no_capacity`` with the reason. An unknown, down, disabled or failed target, or
-  one without room for all the instances, refuses the whole plan.
+* ``Policy.target`` (manual evacuation) replaces the choice and the recovery method (a
+  reserved target is taken): every instance goes there or gets ``no_capacity`` with the
+  reason. An unknown, down, disabled or failed target, or one without room for all the
+  HA, evacuable instances together, refuses the whole plan.
+* A ``no_capacity`` reason names every host's cause on a small cluster; on a large one it
+  names the hosts the search looked at and counts the rest, so it costs no full scan.
 
 Group locations come from ``instances``: pass the members on healthy hosts too (they
 get no assignment). A member listed in a group but absent from ``instances`` is ignored.
