@@ -43,15 +43,18 @@ def test_keys_keep_per_entity_order() -> None:
     assert EvacuationRequested(host="h7").key() == "h7"
 
 
+def raw_envelope(type_: str, version: int, data: object, id_: str = "7d3c1f7e-0b7e-4a59-9a53-0d3f4b1f2a10") -> bytes:
+    return json.dumps({"type": type_, "version": version, "id": id_, "at": "2026-01-01T00:00:00Z",
+                       "source": "x", "data": data}).encode()
+
+
 @pytest.mark.parametrize("raw, reason", [
     (b"not json at all", "not JSON"),
-    (b'{"type": "Nope", "version": 1, "id": "1", "at": "2026-01-01T00:00:00Z", "source": "x", "data": {}}',
-     "unknown message type 'Nope'"),
-    (b'{"type": "NodeDown", "version": 2, "id": "1", "at": "2026-01-01T00:00:00Z", "source": "x", "data": {}}',
-     "NodeDown version 2 is not supported"),
-    (b'{"type": "NodeDown", "version": 1, "id": "1", "at": "2026-01-01T00:00:00Z", "source": "x",'
-     b' "data": {"host": 5}}', "NodeDown fails its schema"),
+    (raw_envelope("Nope", 1, {}), "unknown message type 'Nope'"),
+    (raw_envelope("NodeDown", 2, {}), "NodeDown version 2 is not supported"),
+    (raw_envelope("NodeDown", 1, {"host": 5}), "NodeDown fails its schema"),
     (b'{"type": "NodeDown"}', "bad envelope"),
+    (raw_envelope("NodeDown", 1, {}, id_="42"), "bad envelope: id: .*'42' is not a UUID"),
     (None, "empty message"),
 ])
 def test_bad_messages_are_refused_with_a_reason(raw: bytes | None, reason: str) -> None:

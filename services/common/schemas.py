@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from services.common.errors import BadMessage
 
@@ -312,6 +312,14 @@ class Envelope(BaseModel):
     at: datetime
     source: str
     data: dict[str, Any]
+
+    @field_validator("id")
+    @classmethod
+    def _id_is_uuid(cls, v: str) -> str:
+        try:
+            return str(uuid.UUID(v))
+        except ValueError:
+            raise ValueError(f"id {v!r} is not a UUID") from None
 
 
 def now_utc() -> datetime:

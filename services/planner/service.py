@@ -16,6 +16,7 @@ import asyncpg
 from services.common import metrics
 from services.common.bus import ConsumeLoop, ConsumerSpec, Producer, ensure_topics
 from services.common.db import already_processed, audit, connect_pool, migrate
+from services.common.errors import BadMessage
 from services.common.outbox import OutboxRelay, emit
 from services.common.runtime import gather_forever, require_infra, retry_start
 from services.common.schemas import (
@@ -41,6 +42,13 @@ from services.planner.placement import AssignmentStatus, Policy, plan
 log = logging.getLogger("services.planner")
 SOURCE = "planner"
 FINAL = ("done", "failed", "no_capacity", "not_evacuable", "ha_off")
+
+
+def _uuid(value: str, field: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise BadMessage(f"{field} {value!r} is not a UUID") from None
 
 
 def order_id(item_id: str, attempt: int) -> str:
@@ -184,7 +192,8 @@ class Planner:
         )
 
     async def on_result(self, conn: asyncpg.Connection, res: RebuildResult) -> None:
-        item = await conn.fetchrow("SELECT * FROM evacuation_items WHERE id = $1 FOR UPDATE", uuid.UUID(res.item_id))
+        item_id = _uuid(res.item_id, "item_id")
+        item = await conn.fetchrow("SELECT * FROM evacuation_items WHERE id = $1 FOR UPDATE", item_id)
         if item is None or item["status"] != "pending" or item["attempt"] != res.attempt:
             return  # a duplicate or a result of an attempt we already gave up on
         steps = [s.model_dump() for s in res.steps]
