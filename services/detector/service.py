@@ -45,8 +45,7 @@ from services.detector.failure_detector import (
     Timings,
     step,
 )
-from services.detector.fencing import FenceOutcome, Fencer
-from services.detector.fencing.process import ProcessFencer
+from services.detector.fencing import FenceOutcome, Fencer, registry
 
 log = logging.getLogger("services.detector")
 SOURCE = "detector"
@@ -66,7 +65,7 @@ class Detector:
         self.timings = timings_for(settings)
         self.state = DetectorState()
         self.fence_targets: dict[str, str] = {}
-        self.fencers: dict[str, Fencer] = {"process": ProcessFencer()}
+        self.fencers: dict[str, Fencer] = registry(settings)
         self.effects: asyncio.Queue[tuple[Effect, dict[str, HostRecord]]] = asyncio.Queue()
         self.producer = Producer(settings.kafka_bootstrap, SOURCE)
         self.pool: asyncpg.Pool | None = None

@@ -20,3 +20,11 @@ class Fencer(Protocol):
     name: str
 
     async def fence(self, host: str, target: str) -> FenceOutcome: ...
+
+
+def registry(settings: object | None = None) -> dict[str, Fencer]:
+    """Every fence driver this detector can use, by name. ``manual`` has none: it waits
+    for an operator's confirmation."""
+    from services.detector.fencing.process import ProcessFencer
+
+    return {"process": ProcessFencer()}
