@@ -51,11 +51,17 @@ def require_infra(settings: CommonSettings, *, database: bool = True) -> None:
                           " which starts an embedded PostgreSQL, or point it at one)")
 
 
-def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    """Run a service's main coroutine until it ends or a signal arrives."""
+def run(main: Callable[[], Coroutine[Any, Any, None]], settings: CommonSettings | None = None,
+        service: str = "") -> None:
+    """Run a service's main coroutine until it ends or a signal arrives; with settings,
+    serve /healthz and /metrics on their health_port."""
 
     async def runner() -> None:
         loop = asyncio.get_running_loop()
+        if settings is not None:
+            from services.common.health import serve
+
+            await serve(settings, service)
         task = asyncio.ensure_future(main())
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)

@@ -4,4 +4,4 @@ from services.detector.service import amain
 
 settings = load_or_exit(DetectorSettings)
 setup_logging(settings.log_level, "services.detector")
-run(lambda: amain(settings))
+run(lambda: amain(settings), settings, "detector")

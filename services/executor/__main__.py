@@ -4,4 +4,4 @@ from services.executor.service import amain
 
 settings = load_or_exit(ExecutorSettings)
 setup_logging(settings.log_level, "services.executor")
-run(lambda: amain(settings))
+run(lambda: amain(settings), settings, "executor")

@@ -4,4 +4,4 @@ from services.planner.service import amain
 
 settings = load_or_exit(PlannerSettings)
 setup_logging(settings.log_level, "services.planner")
-run(lambda: amain(settings))
+run(lambda: amain(settings), settings, "planner")

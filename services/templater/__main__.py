@@ -4,4 +4,4 @@ from services.templater.service import amain
 
 settings = load_or_exit(TemplaterSettings)
 setup_logging(settings.log_level, "services.templater")
-run(lambda: amain(settings))
+run(lambda: amain(settings), settings, "templater")
