@@ -56,6 +56,7 @@ class Stack:
     postgres: EmbeddedPostgres | None = None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     vms: dict[str, list[SimVM]] = field(default_factory=dict)
+    host_env: dict[str, dict[str, str]] = field(default_factory=dict)  # per-host extra env (add_host(env=...))
 
     @property
     def shared_dir(self) -> Path:
@@ -108,13 +109,17 @@ class Stack:
             self.spawn(name, f"services.{name}")
 
     def add_host(self, index: int, name: str, vm_count: int = 10, shutoff: int = 2, local: int = 1,
-                 memory_mib: int = 65536, cpus: int = 32) -> None:
+                 memory_mib: int = 65536, cpus: int = 32, env: dict[str, str] | None = None) -> None:
+        """A simulated host and its executor; ``env`` adds to (or overrides) that executor's
+        environment, also when it is restarted or revived."""
         vms = plan_vms(index, name, vm_count, shutoff=shutoff, local=local)
         uri = write_node(self.workdir / "nodes" / f"{name}.xml", vms, self.shared_dir,
                          self.workdir / "local" / name, memory_mib=memory_mib, cpus=cpus)
         self.vms[name] = vms
-        self.spawn(f"executor-{name}", "services.executor", EVACUATE_HOST=name, EVACUATE_LIBVIRT_URI=uri,
-                   EVACUATE_FENCE_DRIVER="process")
+        self.host_env[name] = dict(env or {})
+        self.spawn(f"executor-{name}", "services.executor", **{
+            "EVACUATE_HOST": name, "EVACUATE_LIBVIRT_URI": uri, "EVACUATE_FENCE_DRIVER": "process",
+            **self.host_env[name]})
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> float:
         """Kill a process (group): a simulated host dies with its executor. Returns when."""
@@ -143,7 +148,8 @@ class Stack:
             return {}
         host = name.removeprefix("executor-")
         uri = f"test://{(self.workdir / 'nodes' / f'{host}.xml').resolve()}"
-        return {"EVACUATE_HOST": host, "EVACUATE_LIBVIRT_URI": uri, "EVACUATE_FENCE_DRIVER": "process"}
+        return {"EVACUATE_HOST": host, "EVACUATE_LIBVIRT_URI": uri, "EVACUATE_FENCE_DRIVER": "process",
+                **self.host_env.get(host, {})}
 
     def stop(self) -> None:
         for proc in self.procs.values():
