@@ -8,7 +8,7 @@ import socket
 import sys
 from typing import Literal, TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.errors import ConfigError
@@ -41,6 +41,27 @@ class DetectorSettings(CommonSettings):
         "production", description="Timing profile of the failure detector"
     )
     tick_interval: float = Field(0.1, gt=0, le=5)
+    # Credentials and limits of the out-of-band fence drivers (redfish, ipmi). The host's
+    # fence_target (from its heartbeat) names only the BMC: it travels on the bus and is
+    # stored in the hosts table, so it must never carry a password.
+    fence_username: str = Field("", description="BMC user for the redfish and ipmi fences")
+    fence_password: SecretStr = Field(SecretStr(""), description="BMC password for the redfish and ipmi fences")
+    fence_password_file: str = Field(
+        "", description="File holding the BMC password (read at each fence; wins over fence_password)"
+    )
+    fence_verify_tls: bool = Field(True, description="Verify the BMC's TLS certificate (redfish)")
+    fence_ca_file: str = Field("", description="CA bundle for the BMC certificates (redfish); empty: system CAs")
+    fence_request_timeout: float = Field(10.0, gt=0, le=300, description="Seconds per BMC request")
+    fence_confirm_timeout: float = Field(
+        25.0,
+        gt=0,
+        le=600,
+        description="Seconds a redfish/ipmi fence may take, power-off confirmation included; "
+        "capped just below the profile's fence timeout",
+    )
+    fence_poll_interval: float = Field(1.0, gt=0, le=30, description="Seconds between power-state polls")
+    fence_ipmitool: str = Field("ipmitool", description="ipmitool executable (name on PATH or path)")
+    fence_ipmi_interface: str = Field("lanplus", description="ipmitool interface (-I)")
 
 
 class PlannerSettings(CommonSettings):
