@@ -55,8 +55,8 @@ from services.detector.fd_model import (
 __all__ = [
     "CleanupDone", "DetectorState", "Effect", "Event", "FenceResult", "Heartbeat",
     "HostRecord", "HostState", "InvalidTransition", "LogLine", "Operator",
-    "OperatorCommand", "Publish", "PublishKind", "RequestFence", "StorageHeartbeat",
-    "TRANSITIONS", "Tick", "Timings", "step",
+    "HostEvent", "OperatorCommand", "Publish", "PublishKind", "RequestFence", "StorageHeartbeat",
+    "TRANSITIONS", "Tick", "Timings", "step", "step_host",
 ]
 
 S = HostState
@@ -81,6 +81,7 @@ class InvalidTransition(EvacuateError):
 
 
 Step = tuple[HostRecord, list[Effect]]
+HostEvent = Heartbeat | StorageHeartbeat | FenceResult | Operator | CleanupDone
 
 
 def _transition(
@@ -211,19 +212,34 @@ def _judge(rec: HostRecord, at: float, t: Timings) -> Step:
     return rec, []
 
 
+def _may_change(rec: HostRecord, at: float, t: Timings) -> bool:
+    """False only when a Tick at `at` certainly leaves `rec` alone (cheap: no call of
+    `_judge` for the up hosts that heartbeat, nor for down and maintenance hosts)."""
+    state = rec.state
+    if state == S.up:
+        return _bus_silent(rec, at, t)
+    return state != S.down and state != S.maintenance
+
+
 def _tick(state: DetectorState, at: float, t: Timings) -> tuple[DetectorState, list[Effect]]:
-    hosts = dict(state.hosts)
+    # Only the hosts a tick may change are judged, in name order (the order of the
+    # effects); the hosts dict is copied only when one of them really changed.
+    candidates = sorted(name for name, rec in state.hosts.items() if _may_change(rec, at, t))
+    changed: dict[str, HostRecord] = {}
     effects: list[Effect] = []
-    for name in sorted(hosts):
-        rec = hosts[name]
+    for name in candidates:
+        rec = first = state.hosts[name]
         for _ in range(_MAX_CHAIN):
             new, step_effects = _judge(rec, at, t)
             if new == rec and not step_effects:
                 break
             rec = new
             effects.extend(step_effects)
-        hosts[name] = rec
-    return DetectorState(hosts=hosts), effects
+        if rec is not first:
+            changed[name] = rec
+    if not changed:
+        return state, effects
+    return DetectorState(hosts={**state.hosts, **changed}), effects
 
 
 # --- other events ---------------------------------------------------------------------
@@ -306,13 +322,13 @@ def _cleanup_done(rec: HostRecord, ev: CleanupDone, t: Timings) -> Step:
     return _transition(rec, S.up, ev.at, "stale copies cleaned up")
 
 
-def step(
-    state: DetectorState, event: Event, timings: Timings
-) -> tuple[DetectorState, list[Effect]]:
-    """Apply one event. Returns the new state and the effects to carry out, in order."""
-    if isinstance(event, Tick):
-        return _tick(state, event.at, timings)
-    rec = state.hosts.get(event.host)
+def step_host(
+    rec: HostRecord | None, event: HostEvent, timings: Timings
+) -> tuple[HostRecord | None, list[Effect]]:
+    """`step` for an event about one host (anything but a Tick), given only that host's
+    record (None: unknown host). Returns its new record (None while still unknown) and
+    the effects. O(1) however many hosts there are: a shell that keeps the records in
+    its own dict replaces one entry instead of copying the whole state per heartbeat."""
     result: Step | None
     if isinstance(event, Heartbeat):
         result = _heartbeat(rec, event, timings)
@@ -327,8 +343,18 @@ def step(
     else:
         result = _cleanup_done(rec, event, timings)
     if result is None:
-        return state, _ignored(None, event.host, type(event).__name__)
-    new, effects = result
-    if new == rec:
+        return rec, _ignored(None, event.host, type(event).__name__)
+    return result
+
+
+def step(
+    state: DetectorState, event: Event, timings: Timings
+) -> tuple[DetectorState, list[Effect]]:
+    """Apply one event. Returns the new state and the effects to carry out, in order."""
+    if isinstance(event, Tick):
+        return _tick(state, event.at, timings)
+    rec = state.hosts.get(event.host)
+    new, effects = step_host(rec, event, timings)
+    if new is None or new == rec:
         return state, effects
     return state.with_host(new), effects
