@@ -114,7 +114,7 @@ class IpmiFencer:
         where = bmc if port is None else f"{bmc}:{port}"
         start = time.monotonic()
         await self._run(base + ["chassis", "power", "off"], env, deadline, f"chassis power off on {where}")
-        last = ""
+        last, error = "none", ""
         while True:
             try:
                 out = await self._run(base + ["chassis", "power", "status"], env, deadline,
@@ -124,15 +124,15 @@ class IpmiFencer:
                 if line == "Chassis Power is off":
                     return (f"powered off via IPMI chassis power off: {where} reports "
                             f"'Chassis Power is off' after {time.monotonic() - start:.1f} s")
-                last = line
+                last, error = line, ""
             except _Failed as exc:
-                last = str(exc)
+                error = str(exc)
             remaining = deadline - time.monotonic()
             if remaining <= 0.05:
                 break
             await asyncio.sleep(min(self.poll_interval, remaining - 0.05))
         raise _Failed(f"chassis power off accepted but {where} did not report 'Chassis Power is off' "
-                      f"within {self.confirm_timeout:g} s (last: {last!r})")
+                      f"within {self.confirm_timeout:g} s (last: {last!r}{'; then ' + error if error else ''})")
 
     async def _run(self, argv: list[str], env: dict[str, str], deadline: float, what: str) -> str:
         remaining = deadline - time.monotonic()

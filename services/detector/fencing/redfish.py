@@ -116,7 +116,7 @@ class RedfishFencer:
         if resp.status_code not in (200, 202, 204):
             raise _Failed(_status(resp, f"POST {base + action_path} (ForceOff)"))
         start = time.monotonic()
-        last = f"PowerState {system.get('PowerState')!r}"
+        last, error = f"PowerState {system.get('PowerState')!r}", ""
         while True:
             try:
                 system = await self._get_json(client, system_path, url, deadline)
@@ -124,15 +124,15 @@ class RedfishFencer:
                 if state == "Off":
                     return (f"powered off via Redfish ForceOff: {url} reports PowerState Off "
                             f"after {time.monotonic() - start:.1f} s")
-                last = f"PowerState {state!r}"
+                last, error = f"PowerState {state!r}", ""
             except _Failed as exc:
-                last = str(exc)  # a BMC busy resetting may drop a poll: keep polling until the deadline
+                error = str(exc)  # a BMC busy resetting may drop a poll: keep polling until the deadline
             remaining = deadline - time.monotonic()
             if remaining <= 0.05:
                 break
             await asyncio.sleep(min(self.poll_interval, remaining - 0.05))
         raise _Failed(f"ForceOff accepted but {url} did not report PowerState Off within "
-                      f"{self.confirm_timeout:g} s (last: {last})")
+                      f"{self.confirm_timeout:g} s (last: {last}{'; then ' + error if error else ''})")
 
     async def _discover(self, client: httpx.AsyncClient, base: str, deadline: float) -> str:
         coll = await self._get_json(client, SYSTEMS, base + SYSTEMS, deadline)
