@@ -103,6 +103,7 @@ class Planner:
             if await already_processed(conn, SOURCE, env.id):
                 return
             if isinstance(msg, NodeDown):
+                await self.retry_orders_to(conn, msg.host)
                 await self.start_evacuation(conn, msg.host, "NodeDown", env.id, None, (),
                                             f"NodeDown: {msg.reason}")
             elif isinstance(msg, EvacuationRequested):
@@ -114,15 +115,31 @@ class Planner:
                 await self.on_node_up(conn, msg.host)
 
     async def on_node_up(self, conn: asyncpg.Connection, host: str) -> None:
-        """A host came back: its copies of the VMs that were evacuated away are stale.
-        Its executor destroys and undefines them (never their disks) and never starts them."""
+        """A host came back: its copies of the VMs that were evacuated away are stale, and
+        so is any copy of a VM it was a target for and that was then placed elsewhere (it
+        went down mid-rebuild). Its executor destroys and undefines them (never their
+        disks) and never starts them."""
         rows = await conn.fetch(
             "SELECT DISTINCT it.instance_uuid FROM evacuation_items it JOIN instances i ON i.uuid = it.instance_uuid"
-            " WHERE it.source = $1 AND it.status IN ('done', 'pending') AND i.host <> $1 ORDER BY 1", host)
+            " WHERE (it.source = $1 OR $1 = ANY(it.excluded)) AND it.status IN ('done', 'pending') AND i.host <> $1"
+            " ORDER BY 1", host)
         stale = tuple(str(r["instance_uuid"]) for r in rows)
         await emit(conn, CleanupOrder(host=host, instances=stale), SOURCE)
         await audit(conn, "cleanup-ordered", f"{host} returned: destroy {len(stale)} stale copies", host=host)
         log.info("host %s returned: cleanup of %d stale domains ordered", host, len(stale))
+
+    async def retry_orders_to(self, conn: asyncpg.Connection, host: str) -> None:
+        """A host that fails while rebuilds of another evacuation are in flight to it (two
+        hosts failing together: the first plan may use the second before it is declared
+        down) will never answer them: place them again at once, excluding it, rather than
+        after the result timeout. It is fenced, so no copy it may have started still runs."""
+        await store.lock_planning(conn)
+        for item in await conn.fetch(
+            "SELECT * FROM evacuation_items WHERE status='pending' AND target=$1 ORDER BY created_at, instance_name"
+            " FOR UPDATE", host,
+        ):
+            await self.retry_or_fail(conn, item, host, f"target {host} went down before it reported a result", [])
+            await self.maybe_close(conn, item["evacuation_id"])
 
     async def start_evacuation(self, conn: asyncpg.Connection, source: str, trigger: str, trigger_id: str,
                                target: str | None, only: tuple[str, ...], why: str) -> None:
@@ -244,7 +261,7 @@ class Planner:
             "UPDATE evacuation_items SET target=$2, attempt=$3, excluded=$4, steps=$5, order_id=$6, ordered_at=now(),"
             " reason=$7 WHERE id=$1",
             item["id"], a.target, attempt, excluded, steps, uuid.UUID(order_id(item_id, attempt)),
-            f"attempt {attempt}: {a.reason} (after: {error})",
+            f"attempt {attempt}: {a.reason} (after {host or 'an unknown host'} failed: {error})",
         )
         await emit(conn, EvacuationPlan(evacuation_id=str(item["evacuation_id"]), source=item["source"],
                                         assignments=(self._assignment(inst, item_id, a.target, attempt),)), SOURCE)
