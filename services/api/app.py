@@ -64,7 +64,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.gather(bus, return_exceptions=True)
         if app.state.producer_started:
             await app.state.producer.stop()
-        await app.state.pool.close()
+        try:  # the relay's LISTEN connection is never given back: do not wait for it for ever
+            await asyncio.wait_for(app.state.pool.close(), timeout=2.0)
+        except TimeoutError:
+            app.state.pool.terminate()
 
 
 def error(status: int, message: str, **extra: Any) -> JSONResponse:
