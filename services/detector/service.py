@@ -5,11 +5,14 @@ record in PostgreSQL so a restarted detector continues where it stopped."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
+import uuid
 from datetime import UTC, datetime
 
 import asyncpg
+from aiokafka import ConsumerRecord
 
 from services.common import metrics
 from services.common.bus import ConsumeLoop, ConsumerSpec, Producer, ensure_topics
@@ -41,11 +44,14 @@ from services.detector.failure_detector import (
     LogLine,
     Publish,
     RequestFence,
+    StorageHeartbeat,
     Tick,
     Timings,
     step,
+    step_host,
 )
 from services.detector.fencing import FenceOutcome, Fencer, registry
+from services.detector.storage import StorageHeartbeatScanner
 
 log = logging.getLogger("services.detector")
 SOURCE = "detector"
@@ -63,13 +69,16 @@ class Detector:
     def __init__(self, settings: DetectorSettings) -> None:
         self.s = settings
         self.timings = timings_for(settings)
-        self.state = DetectorState()
+        # The host records, owned by this shell: a single-host event replaces one entry
+        # (step_host), a tick goes through the pure `step` on the whole state.
+        self.hosts: dict[str, HostRecord] = {}
+        self.scanner = StorageHeartbeatScanner(settings.shared_storage)
         self.fence_targets: dict[str, str] = {}
         self.fencers: dict[str, Fencer] = registry(settings)
         self.effects: asyncio.Queue[tuple[Effect, dict[str, HostRecord]]] = asyncio.Queue()
         self.producer = Producer(settings.kafka_bootstrap, SOURCE)
         self.pool: asyncpg.Pool | None = None
-        self.heartbeats = ConsumeLoop(settings.kafka_bootstrap, ConsumerSpec(
+        self.heartbeats = _HeartbeatLoop(self, settings.kafka_bootstrap, ConsumerSpec(
             name="detector", group="detector", topics=(str(Topic.HEARTBEATS), str(Topic.RESULTS)),
             handler=self.on_message, types=frozenset({"HostHeartbeat", "CleanupResult"}),
         ), self.producer, settings.fetch_max_wait_ms)
@@ -84,7 +93,7 @@ class Detector:
         relay = OutboxRelay(self.pool, self.producer, SOURCE)
         try:
             await gather_forever(self.heartbeats.run(), self.ticker(), self.apply_effects(), relay.run(),
-                                 self.flush_heartbeats())
+                                 self.flush_heartbeats(), self.scan_storage(), self.count_states())
         finally:
             await self.heartbeats.stop()
             await self.producer.stop()
@@ -104,39 +113,77 @@ class Detector:
                 rec = replace(rec, last_heartbeat=now)
             hosts[r["name"]] = rec
             self.fence_targets[r["name"]] = r["fence_target"]
-        self.state = DetectorState(hosts=hosts)
+        self.hosts = hosts
         log.info("resumed %d hosts from the database", len(hosts))
 
+    @property
+    def state(self) -> DetectorState:
+        return DetectorState(hosts=self.hosts)
+
     def feed(self, event: Event) -> None:
-        before = self.state.hosts
-        self.state, effects = step(self.state, event, self.timings)
-        after = self.state.hosts
-        names = after.keys() if isinstance(event, Tick) else [event.host]
-        changed = {n: after[n] for n in names if n in after and (
-            before.get(n) is None or before[n].state != after[n].state
-            or before[n].fence_attempts != after[n].fence_attempts)}
+        """One event into the core. Records whose state (or fence round) changed are
+        persisted with the effects; a heartbeat that changes only times costs O(1)."""
+        changed: dict[str, HostRecord] = {}
+        if isinstance(event, Tick):
+            before = self.hosts
+            new_state, effects = step(DetectorState(hosts=before), event, self.timings)
+            after = new_state.hosts
+            if after is not before:
+                changed = {n: r for n, r in after.items() if before.get(n) is not r and _persisted(before.get(n), r)}
+                self.hosts = dict(after)
+        else:
+            rec = self.hosts.get(event.host)
+            new, effects = step_host(rec, event, self.timings)
+            if new is not None and new is not rec:
+                self.hosts[event.host] = new
+                if _persisted(rec, new):
+                    changed = {event.host: new}
+        if not effects and not changed:
+            return
         for eff in effects:
             self.effects.put_nowait((eff, changed))
         if changed and not effects:
             self.effects.put_nowait((LogLine(""), changed))
 
+    def on_heartbeat(self, host: str, fence_driver: str, fence_target: str) -> None:
+        if fence_target:
+            self.fence_targets[host] = fence_target
+        self.feed(Heartbeat(host=host, at=time.time(), fence_driver=fence_driver))
+
     async def on_message(self, env: Envelope, msg: Message) -> None:
         if isinstance(msg, HostHeartbeat):
-            if msg.fence_target:
-                self.fence_targets[msg.host] = msg.fence_target
-            self.feed(Heartbeat(host=msg.host, at=time.time(), fence_driver=msg.fence_driver))
+            self.on_heartbeat(msg.host, msg.fence_driver, msg.fence_target)
         elif isinstance(msg, CleanupResult) and not msg.errors:
             self.feed(CleanupDone(host=msg.host, at=time.time()))
 
     async def ticker(self) -> None:
         while True:
             self.feed(Tick(at=time.time()))
+            await asyncio.sleep(self.s.tick_interval)
+
+    async def count_states(self) -> None:
+        while True:
             counts: dict[str, int] = {}
-            for rec in self.state.hosts.values():
+            for rec in self.hosts.values():
                 counts[rec.state] = counts.get(rec.state, 0) + 1
             for st in HostState:
                 metrics.HOSTS_BY_STATE.labels(state=str(st)).set(counts.get(st, 0))
-            await asyncio.sleep(self.s.tick_interval)
+            await asyncio.sleep(1.0)
+
+    async def scan_storage(self) -> None:
+        """Feed a StorageHeartbeat (at = when seen) for each host whose heartbeat file on
+        the shared storage changed since the previous scan; never for an unchanged file."""
+        while True:
+            try:
+                renewed = await asyncio.to_thread(self.scanner.scan)
+            except OSError as exc:  # shared storage unreachable: no news is no sign of life
+                log.warning("storage heartbeat scan of %s failed: %r", self.scanner.dir, exc)
+                renewed = []
+            now = time.time()
+            for host in renewed:
+                if host in self.hosts:  # an unknown host registers by its bus heartbeat
+                    self.feed(StorageHeartbeat(host=host, at=now))
+            await asyncio.sleep(self.s.storage_scan_interval)
 
     async def apply_effects(self) -> None:
         while True:
@@ -189,13 +236,82 @@ class Detector:
         """Last-heartbeat times for operators, written in one batch every few seconds
         (never one write per heartbeat)."""
         assert self.pool is not None
+        flushed: dict[str, float] = {}
         while True:
             await asyncio.sleep(2.0)
-            rows = [(n, _ts(r.last_heartbeat)) for n, r in self.state.hosts.items() if r.last_heartbeat]
-            if rows:
-                await self.pool.executemany(
-                    "UPDATE hosts SET last_heartbeat=$2 WHERE name=$1 AND"
-                    " (last_heartbeat IS NULL OR last_heartbeat < $2)", rows)
+            names, times = [], []
+            for n, r in self.hosts.items():
+                if r.last_heartbeat and flushed.get(n) != r.last_heartbeat:
+                    names.append(n)
+                    times.append(r.last_heartbeat)
+            if names:
+                await self.pool.execute(
+                    "UPDATE hosts SET last_heartbeat=v.t FROM unnest($1::text[], $2::timestamptz[]) AS v(n, t)"
+                    " WHERE hosts.name=v.n AND (hosts.last_heartbeat IS NULL OR hosts.last_heartbeat < v.t)",
+                    names, [_ts(t) for t in times])
+                flushed.update(zip(names, times, strict=True))
+
+
+def _persisted(before: HostRecord | None, after: HostRecord) -> bool:
+    """A change worth a database write: a new host, a new state or a new fence round."""
+    return before is None or before.state != after.state or before.fence_attempts != after.fence_attempts
+
+
+_HEARTBEAT_FIELDS = frozenset({"host", "seq", "fence_driver", "fence_target", "storage_ok"})
+_ENVELOPE_FIELDS = frozenset({"type", "version", "id", "at", "source", "data"})
+
+
+def _fast_heartbeat(raw: bytes | None) -> tuple[str, str, str] | None:
+    """(host, fence_driver, fence_target) of a well-formed HostHeartbeat v1, checked by
+    hand against its schema; None for anything else, which then takes the full path
+    (pydantic decode, dead letter with the reason). Heartbeats are nearly all the
+    detector's traffic, and the full decode costs more than the rest of their handling."""
+    if raw is None or b'"HostHeartbeat"' not in raw:
+        return None
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        return None
+    if type(obj) is not dict or obj.keys() != _ENVELOPE_FIELDS or obj["type"] != "HostHeartbeat":
+        return None
+    data, at, ident = obj["data"], obj["at"], obj["id"]
+    if (type(obj["version"]) is not int or obj["version"] != HostHeartbeat.VERSION or type(obj["source"]) is not str
+            or type(at) is not str or "T" not in at or type(ident) is not str or type(data) is not dict
+            or not data.keys() <= _HEARTBEAT_FIELDS):
+        return None
+    host, seq = data.get("host"), data.get("seq")
+    driver, target = data.get("fence_driver", "process"), data.get("fence_target", "")
+    if (type(host) is not str or type(seq) is not int or type(driver) is not str or type(target) is not str
+            or type(data.get("storage_ok", True)) is not bool):
+        return None
+    try:
+        uuid.UUID(ident)
+        datetime.fromisoformat(at)
+    except ValueError:
+        return None
+    return host, driver, target
+
+
+class _HeartbeatLoop(ConsumeLoop):
+    """The detector's consume loop: well-formed heartbeats go straight to the core;
+    everything else (other types, anything malformed) takes ConsumeLoop's full path."""
+
+    def __init__(self, detector: Detector, *args: object) -> None:
+        super().__init__(*args)  # type: ignore[arg-type]
+        self.detector = detector
+        self.handled = metrics.HANDLED.labels(consumer="detector", type="HostHeartbeat")
+
+    async def _handle(self, record: ConsumerRecord) -> None:
+        hb = _fast_heartbeat(record.value) if record.topic == str(Topic.HEARTBEATS) else None
+        if hb is None:
+            await super()._handle(record)
+            return
+        try:
+            self.detector.on_heartbeat(*hb)
+        except Exception:  # noqa: BLE001 - the full path retries, logs and dead-letters it
+            await super()._handle(record)
+            return
+        self.handled.inc()
 
 
 def _ts(t: float) -> datetime:

@@ -26,7 +26,9 @@ from services.common.schemas import (
     Topic,
 )
 from services.common.settings import ExecutorSettings
+from services.detector.storage import StorageHeartbeatWriter
 from services.executor.hypervisor import Hypervisor
+from services.executor.isolation import HeartbeatSender, apply_response
 from services.executor.leases import LeaseStore
 from services.executor.rebuild import rebuild
 
@@ -40,6 +42,14 @@ class Executor:
         self.hv = Hypervisor(settings.libvirt_uri, settings.shared_storage)
         self.leases = LeaseStore(settings.shared_storage, self.host, timeout=2.5 * settings.heartbeat_interval)
         self.producer = Producer(settings.kafka_bootstrap, f"executor@{self.host}")
+        # Heartbeats (bus and storage) and lease renewal have their own producer and their
+        # own thread: they never queue behind rebuilds.
+        self.hb_sender = HeartbeatSender(settings.kafka_bootstrap, f"executor@{self.host}",
+                                         request_timeout=max(2.0, min(settings.isolation_timeout, 10.0)))
+        self.hb_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="heartbeat")
+        self.storage_hb = StorageHeartbeatWriter(settings.shared_storage, self.host)
+        self.isolated_since: float | None = None  # monotonic time the isolation response began
+        self.storage_renewal = True  # False once an isolation response is complete
         self.pool = ThreadPoolExecutor(max_workers=settings.max_concurrent_rebuilds, thread_name_prefix="rebuild")
         self.limit = asyncio.Semaphore(settings.max_concurrent_rebuilds)
         self.changed = asyncio.Event()
@@ -61,24 +71,78 @@ class Executor:
         self.hv.on_lifecycle(lambda: loop.call_soon_threadsafe(self.changed.set))
         await retry_start("broker", lambda: ensure_topics(self.s.kafka_bootstrap))
         await retry_start("producer", self.producer.start)
+        await retry_start("heartbeat producer", self.hb_sender.start)
         await retry_start("orders consumer", self.orders.start)
         await self.orders.wait_assigned()
         log.info("executor %s ready on %s (pid %d)", self.host, self.hv.uri, os.getpid())
         try:
-            await gather_forever(self.heartbeats(), self.inventory(), self.renew_leases(), self.orders.run())
+            await gather_forever(self.heartbeats(), self.storage_heartbeats(), self.watch_isolation(),
+                                 self.inventory(), self.renew_leases(), self.orders.run())
         finally:
             await self.orders.stop()
+            await self.hb_sender.stop()
             await self.producer.stop()
 
     async def heartbeats(self) -> None:
+        """One bus heartbeat per interval on the dedicated producer, never waiting for the
+        broker: its acknowledgements (HeartbeatSender.last_ack) prove the bus is there."""
         seq = 0
+        interval = self.s.heartbeat_interval
         while True:
+            started = time.monotonic()
             seq += 1
-            await self.producer.publish(HostHeartbeat(
+            await self.hb_sender.send(HostHeartbeat(
                 host=self.host, seq=seq, fence_driver=self.s.fence_driver,
                 fence_target=self.s.fence_target or str(os.getpid()),
-            ))
+            ), timeout=interval)
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+    async def storage_heartbeats(self) -> None:
+        """Replace <shared>/.evacuate/heartbeats/<host> every interval, unless an
+        isolation response is complete (then the detector may count this host self-fenced)."""
+        loop = asyncio.get_running_loop()
+        failing = False
+        while True:
+            if self.storage_renewal:
+                try:
+                    await loop.run_in_executor(self.hb_pool, self.storage_hb.write)
+                    if failing:
+                        log.info("storage heartbeat written again to %s", self.storage_hb.path)
+                    failing = False
+                except OSError as exc:
+                    if not failing:
+                        log.error("cannot write the storage heartbeat %s: %s", self.storage_hb.path, exc)
+                    failing = True
             await asyncio.sleep(self.s.heartbeat_interval)
+
+    async def watch_isolation(self) -> None:
+        """Isolated: no heartbeat acknowledged for isolation_timeout. Apply the isolation
+        response, then stop the storage heartbeat. Back: resume, restart nothing."""
+        loop = asyncio.get_running_loop()
+        timeout = self.s.isolation_timeout
+        while True:
+            silent = time.monotonic() - self.hb_sender.last_ack
+            if self.isolated_since is None and silent >= timeout:
+                self.isolated_since = time.monotonic()
+                response = self.s.isolation_response
+                log.error("ISOLATED: no heartbeat reached the broker for %.1f s (isolation_timeout %g s);"
+                          " applying isolation response %r", silent, timeout, response)
+                stopped = await loop.run_in_executor(
+                    self.hb_pool, apply_response, self.hv, response, self.s.isolation_shutdown_timeout)
+                self.storage_renewal = False
+                still = "leases of the domains still running are kept" if response == "none" else (
+                    f"{len(stopped)} HA domains stopped, their leases no longer renewed")
+                log.error("ISOLATED: isolation response %r done (%s); storage heartbeat stopped: the"
+                          " detector will count this host self-fenced once it expires", response, still)
+                self.changed.set()
+            elif self.isolated_since is not None and silent < timeout and self.hb_sender.last_ack > self.isolated_since:
+                log.warning("bus reachable again after %.1f s isolated: storage heartbeat resumed;"
+                            " domains stopped by the isolation response stay stopped",
+                            time.monotonic() - self.isolated_since)
+                self.isolated_since = None
+                self.storage_renewal = True
+                self.changed.set()
+            await asyncio.sleep(min(0.1, timeout / 10))
 
     async def inventory(self) -> None:
         last: InstanceReport | None = None
@@ -99,10 +163,14 @@ class Executor:
                 pass
 
     async def renew_leases(self) -> None:
+        """Renew the lease of every VM running here (on the heartbeat thread, never behind
+        rebuilds). After an isolation response stopped the HA domains nothing of theirs
+        runs, so nothing of theirs is renewed; with response `none` they still run, and
+        their leases still say so."""
         loop = asyncio.get_running_loop()
         while True:
-            uuids = await loop.run_in_executor(self.pool, self.hv.running_uuids)
-            for lost in await loop.run_in_executor(self.pool, self.leases.renew, uuids):
+            uuids = await loop.run_in_executor(self.hb_pool, self.hv.running_uuids)
+            for lost in await loop.run_in_executor(self.hb_pool, self.leases.renew, uuids):
                 log.error("a VM running here has its lease held by %s: not renewing it", lost.holder)
             await asyncio.sleep(self.s.heartbeat_interval)
 

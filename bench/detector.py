@@ -1,0 +1,238 @@
+"""The detector under load: one detector process (real broker, real PostgreSQL, aggressive
+profile at a 1 s heartbeat interval: detection timeout 3 s), fed by a separate producer
+process that sends HostHeartbeat for many simulated hosts, batched.
+
+1. ceiling: the producer sends rounds of heartbeats for every host as fast as it can; the
+   detector's own counter (/metrics, evacuate_messages_handled_total) gives heartbeats
+   handled per second.
+2. detection: every host heartbeats at 1 Hz; a few of them stop (each one's fence target
+   is a sleeping process, so the `process` fence works); the delay from each one's last
+   heartbeat (acked by the broker) to its NodeDown on evacuate.host-events is printed.
+
+    .venv/bin/python bench/detector.py [--hosts 10000] [--rounds 30] [--victims 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from services.common.embedded import free_port
+from services.common.schemas import Topic
+
+HANDLED = re.compile(r'^evacuate_messages_handled_total\{consumer="detector",type="HostHeartbeat"\} (\S+)$', re.M)
+
+
+def _name(i: int) -> str:
+    return f"sim{i:05d}"
+
+
+def _heartbeat(host: str, seq: int, target: str) -> bytes:
+    at = datetime.now(UTC).isoformat()
+    return (f'{{"type":"HostHeartbeat","version":1,"id":"{uuid.uuid4()}","at":"{at}","source":"bench",'
+            f'"data":{{"host":"{host}","seq":{seq},"fence_driver":"process","fence_target":"{target}"}}}}').encode()
+
+
+# --- the producer process -----------------------------------------------------------------
+
+
+async def produce(args: argparse.Namespace) -> None:
+    """One process for the whole run, so that no host ever misses a beat between phases:
+    --warmup rounds at 1 Hz, --rounds rounds as fast as possible (the ceiling), then
+    --detect-seconds rounds at 1 Hz in which the victims stop after 3 s. Prints one JSON
+    line per phase boundary."""
+    producer = AIOKafkaProducer(bootstrap_servers=args.bootstrap, acks="all", linger_ms=5,
+                                max_batch_size=256 * 1024, enable_idempotence=False)
+    await producer.start()
+    victims = dict(v.split("=") for v in args.victim) if args.victim else {}
+    last_acked: dict[str, float] = {}
+    topic = str(Topic.HEARTBEATS)
+    seq = 0
+
+    def say(**kw: object) -> None:
+        print(json.dumps({"t": time.time(), **kw}), flush=True)
+
+    async def rounds(count: int, interval: float, stop_victims_after: float | None = None) -> int:
+        nonlocal seq
+        started = time.monotonic()
+        sent = 0
+        for _ in range(count):
+            seq += 1
+            round_start = time.monotonic()
+            stopped = stop_victims_after is not None and round_start - started >= stop_victims_after
+            futures = []
+            for i in range(args.hosts):
+                host = _name(i)
+                if host in victims and stopped:
+                    continue
+                fut = await producer.send(topic, _heartbeat(host, seq, victims.get(host, "0")), key=host.encode())
+                if host in victims:
+                    fut.add_done_callback(lambda _f, h=host: last_acked.__setitem__(h, time.time()))
+                futures.append(fut)
+                sent += 1
+            await asyncio.gather(*futures)
+            if interval:
+                await asyncio.sleep(max(0.0, interval - (time.monotonic() - round_start)))
+        return sent
+
+    try:
+        sent = await rounds(args.warmup, 1.0)
+        say(phase="warmup", sent=sent)
+        t0 = time.monotonic()
+        sent = await rounds(args.rounds, 0.0)
+        say(phase="ceiling", sent=sent, seconds=time.monotonic() - t0)
+        sent = await rounds(args.detect_seconds, 1.0, stop_victims_after=3.0)
+        say(phase="detect", sent=sent, last_acked=last_acked)
+    finally:
+        await producer.stop()
+
+
+# --- the bench ------------------------------------------------------------------------------
+
+
+async def handled(client: httpx.AsyncClient, port: int) -> float:
+    r = await client.get(f"http://127.0.0.1:{port}/metrics")
+    m = HANDLED.search(r.text)
+    return float(m.group(1)) if m else 0.0
+
+
+async def bench(args: argparse.Namespace) -> None:
+    from services.evacctl.stack import Stack
+
+    workdir = Path(tempfile.mkdtemp(prefix="evacuate-bench-detector-"))
+    port = free_port()
+    stack = Stack(workdir, fresh_database=True, heartbeat_interval=1.0, profile="aggressive",
+                  extra_env={"EVACUATE_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+                             "EVACUATE_HEALTH_PORT": str(port)})
+    sleepers: list[subprocess.Popen[bytes]] = []
+    try:
+        await asyncio.to_thread(stack.start_infra)
+        stack.spawn("detector", "services.detector")
+        victims: dict[str, int] = {}
+        for i in range(args.victims):
+            p = subprocess.Popen(["sleep", "3600"], start_new_session=True)
+            sleepers.append(p)
+            victims[_name(i * (args.hosts // max(1, args.victims)))] = p.pid
+        async with httpx.AsyncClient(timeout=5) as client:
+            for _ in range(300):
+                try:
+                    await handled(client, port)
+                    break
+                except httpx.HTTPError:
+                    await asyncio.sleep(0.1)
+            boot = stack.kafka_bootstrap
+            downs = AIOKafkaConsumer(str(Topic.HOST_EVENTS), bootstrap_servers=boot, group_id=f"bench-{uuid.uuid4()}",
+                                     auto_offset_reset="earliest", fetch_max_wait_ms=10)
+            await downs.start()
+            cmd = [sys.executable, __file__, "--produce", "--bootstrap", boot, "--hosts", str(args.hosts),
+                   "--warmup", str(args.warmup), "--rounds", str(args.rounds),
+                   "--detect-seconds", str(args.detect_seconds)]
+            for host, pid in victims.items():
+                cmd += ["--victim", f"{host}={pid}"]
+            proc = await asyncio.create_subprocess_exec(*cmd, stdout=subprocess.PIPE)
+            assert proc.stdout is not None
+            phases: dict[str, dict[str, object]] = {}
+            seen: dict[str, tuple[float, float, str]] = {}
+            others: set[str] = set()
+            samples: list[tuple[float, float]] = []
+
+            async def read_phases() -> None:
+                assert proc.stdout is not None
+                async for line in proc.stdout:
+                    info = json.loads(line)
+                    phases[info["phase"]] = info
+
+            async def read_events() -> None:
+                while True:
+                    batch = await downs.getmany(timeout_ms=200)
+                    for records in batch.values():
+                        for r in records:
+                            env = json.loads(r.value)
+                            host = env["data"].get("host")
+                            if env["type"] == "NodeDown" and host in victims and host not in seen:
+                                at = datetime.fromisoformat(env["at"]).timestamp()
+                                seen[host] = (at, time.time(), env["data"].get("fenced_by", ""))
+                            elif env["type"] in ("HostSuspect", "NodeDown") and host not in victims:
+                                others.add(host)
+
+            async def sample() -> None:
+                while True:
+                    samples.append((time.time(), await handled(client, port)))
+                    await asyncio.sleep(0.2)
+
+            tasks = [asyncio.ensure_future(c) for c in (read_events(), sample())]
+            await read_phases()
+            await proc.wait()
+            await asyncio.sleep(1.0)
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await downs.stop()
+
+        warm = float(phases["warmup"]["sent"])  # type: ignore[arg-type]
+        ceiling = float(phases["ceiling"]["sent"])  # type: ignore[arg-type]
+        t_start = float(phases["warmup"]["t"])  # type: ignore[arg-type]
+        t_start = next((t for t, n in samples if n >= warm * 0.999), t_start)
+        base = next((n for t, n in samples if t >= t_start), warm)
+        t_end = next((t for t, n in samples if n >= base + ceiling), samples[-1][0])
+        done = next((n for t, n in samples if t >= t_end), samples[-1][1]) - base
+        psec = float(phases["ceiling"]["seconds"])  # type: ignore[arg-type]
+        print(f"hosts {args.hosts}: producer sent {ceiling:,.0f} heartbeats in {psec:.1f} s ({ceiling / psec:,.0f}/s)")
+        print(f"detector handled {done:,.0f} of them in {t_end - t_start:.1f} s: "
+              f"{done / max(t_end - t_start, 1e-9):,.0f} heartbeats/s (goal >= 20,000/s)")
+        last = phases["detect"]["last_acked"]
+        assert isinstance(last, dict)
+        timeout = 3 * 1.0
+        print(f"detection: timeout {timeout:.1f} s (3 missed 1 s heartbeats, no suspect grace) + process fence;"
+              f" goal <= {timeout + 0.5:.1f} s")
+        for host in victims:
+            if host not in seen:
+                print(f"  {host}: no NodeDown seen")
+                continue
+            decided, received, by = seen[host]
+            print(f"  {host}: last heartbeat -> NodeDown decided {decided - last[host]:.2f} s, "
+                  f"received on the bus {received - last[host]:.2f} s (fenced by {by})")
+        print(f"  other hosts suspected or down (should be 0): {len(others)}")
+    finally:
+        for p in sleepers:
+            p.kill()
+            p.wait()
+        stack.stop()
+        if not os.environ.get("BENCH_KEEP"):
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--hosts", type=int, default=10_000)
+    ap.add_argument("--rounds", type=int, default=30, help="rounds of the ceiling run")
+    ap.add_argument("--victims", type=int, default=5)
+    ap.add_argument("--detect-seconds", type=int, default=12, help="seconds of the 1 Hz detection run")
+    ap.add_argument("--produce", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--bootstrap", default="")
+    ap.add_argument("--warmup", type=int, default=5, help="1 Hz rounds before the ceiling run")
+    ap.add_argument("--victim", action="append")
+    args = ap.parse_args()
+    if args.produce:
+        asyncio.run(produce(args))
+    else:
+        os.environ.setdefault("EVACUATE_LOG_LEVEL", "WARNING")
+        asyncio.run(bench(args))
+
+
+if __name__ == "__main__":
+    main()
