@@ -41,6 +41,12 @@ class DetectorSettings(CommonSettings):
         "production", description="Timing profile of the failure detector"
     )
     tick_interval: float = Field(0.1, gt=0, le=5)
+    shared_storage: str = Field(
+        "/var/lib/evacuate/shared", description="Shared storage path (the executors' storage heartbeats are read here)"
+    )
+    storage_scan_interval: float = Field(
+        0.25, gt=0, le=10, description="Seconds between scans of the storage heartbeat files"
+    )
     # Credentials and limits of the out-of-band fence drivers (redfish, ipmi). The host's
     # fence_target (from its heartbeat) names only the BMC: it travels on the bus and is
     # stored in the hosts table, so it must never carry a password.
@@ -87,6 +93,16 @@ class ExecutorSettings(CommonSettings):
     max_concurrent_rebuilds: int = Field(8, ge=1, le=256)
     inventory_interval: float = Field(
         5.0, gt=0, description="Seconds between full inventory reports (also sent on change)"
+    )
+    isolation_timeout: float = Field(
+        10.0, gt=0, le=3600, description="Seconds without reaching the broker before the isolation response"
+    )
+    isolation_response: Literal["none", "shutdown", "power-off"] = Field(
+        "none", description="What an isolated host does to its HA domains: none, shutdown (ACPI, then "
+        "destroy after isolation_shutdown_timeout) or power-off (destroy at once)"
+    )
+    isolation_shutdown_timeout: float = Field(
+        30.0, gt=0, le=3600, description="Seconds a shutdown isolation response waits before destroying"
     )
 
 
