@@ -44,6 +44,7 @@ HOSTS = [  # name, state, reason, enabled, reserved
     ("suspect1", "suspect", "3 heartbeats missed", True, False),
     ("off1", "up", "", False, False),
     ("flags1", "up", "", True, False),
+    ("flags2", "up", "", True, False),
     ("old1", "down", "fenced by process", True, False),
 ]
 
