@@ -38,7 +38,10 @@ def admin_token(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def main(api_port: int = 8780, heartbeat_interval: float = 1.0, profile: str = "production") -> int:
+def main(api_port: int | None = None, heartbeat_interval: float | None = None, profile: str | None = None) -> int:
+    api_port = api_port or int(os.environ.get("EVACUATE_API_PORT", "8780"))
+    heartbeat_interval = heartbeat_interval or float(os.environ.get("EVACUATE_HEARTBEAT_INTERVAL", "1.0"))
+    profile = profile or os.environ.get("EVACUATE_PROFILE", "production")
     data_dir = default_data_dir()
     workdir = data_dir / "run"
     stack = Stack(workdir, heartbeat_interval=heartbeat_interval, profile=profile)
