@@ -75,6 +75,7 @@ class Executor:
         await retry_start("orders consumer", self.orders.start)
         await self.orders.wait_assigned()
         log.info("executor %s ready on %s (pid %d)", self.host, self.hv.uri, os.getpid())
+        self.hb_sender.last_ack = time.monotonic()  # the isolation clock starts with the heartbeats
         try:
             await gather_forever(self.heartbeats(), self.storage_heartbeats(), self.watch_isolation(),
                                  self.inventory(), self.renew_leases(), self.orders.run())
