@@ -400,3 +400,26 @@ async def test_power_off_isolation_self_fences_and_vms_run_once(
         await conn.close()
     assert not twice, twice[:5]
 
+
+
+def test_storage_scanner_feeds_only_renewed_files(tmp_path: Path) -> None:
+    """The scan behind StorageHeartbeat: a file is news only when it changes; the first
+    sighting, an unchanged file and a torn or foreign file are not."""
+    from services.detector.storage import StorageHeartbeatScanner, StorageHeartbeatWriter
+
+    a, b = StorageHeartbeatWriter(str(tmp_path), "sa"), StorageHeartbeatWriter(str(tmp_path), "sb")
+    scanner = StorageHeartbeatScanner(str(tmp_path))
+    a.write()
+    b.write()
+    assert scanner.scan() == []  # first sighting: proves nothing about now
+    assert scanner.scan() == []  # unchanged
+    a.write()
+    assert scanner.scan() == ["sa"]
+    assert scanner.scan() == []
+    (heartbeat_dir(tmp_path) / "sb").write_text('{"host": "sb", "ti')  # torn
+    assert scanner.scan() == []
+    (heartbeat_dir(tmp_path) / "sb").write_text('{"host": "other", "time": 1, "seq": 9}')  # foreign
+    assert scanner.scan() == []
+    b.write()
+    assert scanner.scan() == ["sb"]
+    assert read_heartbeat(heartbeat_dir(tmp_path) / "sb")[2] == b.seq  # type: ignore[index]
