@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import asyncpg
 
 from services.common.bus import ensure_topics
 from services.common.db import migrate
-from services.common.embedded import EmbeddedBroker, EmbeddedPostgres, default_data_dir
+from services.common.embedded import EmbeddedBroker, EmbeddedPostgres, default_data_dir, free_port
 from services.evacctl.simcluster import SimVM, plan_vms, write_node
 
 
@@ -38,7 +39,7 @@ async def admin_sql(url: str, sql: str) -> None:
         await conn.close()
 
 
-SERVICES = ("detector", "planner", "templater")
+SERVICES = ("detector", "planner", "templater", "api")
 
 
 @dataclass
@@ -57,6 +58,12 @@ class Stack:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     vms: dict[str, list[SimVM]] = field(default_factory=dict)
     host_env: dict[str, dict[str, str]] = field(default_factory=dict)  # per-host extra env (add_host(env=...))
+    api_port: int = field(default_factory=lambda: int(os.environ.get("EVACUATE_API_PORT") or free_port()))
+    api_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))  # admin token of this stack's API
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
 
     @property
     def shared_dir(self) -> Path:
@@ -91,6 +98,8 @@ class Stack:
             "EVACUATE_PROFILE": self.profile,
             "EVACUATE_FETCH_MAX_WAIT_MS": env.get("EVACUATE_FETCH_MAX_WAIT_MS", "10"),
             "EVACUATE_SHARED_STORAGE": str(self.shared_dir),
+            "EVACUATE_API_PORT": str(self.api_port),
+            "EVACUATE_API_TOKENS": env.get("EVACUATE_API_TOKENS") or f"admin:{self.api_token}",
             "PYTHONUNBUFFERED": "1",
         })
         env.update(self.extra_env)

@@ -45,6 +45,8 @@ HOSTS = [  # name, state, reason, enabled, reserved
     ("off1", "up", "", False, False),
     ("flags1", "up", "", True, False),
     ("flags2", "up", "", True, False),
+    ("down3", "down", "fenced by process", True, False),
+    ("down4", "down", "fenced by process", True, False),
     ("old1", "down", "fenced by process", True, False),
 ]
 
