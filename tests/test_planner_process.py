@@ -2,10 +2,10 @@
 every service and every simulated host its own OS process), judged by what the
 executors themselves report (ClusterView), not by the planner's own records:
 
-1. two hosts fail together (the second before the first is declared down, so the first
-   plan sends rebuilds to it) and the survivors have room for exactly all their
-   evacuable VMs: every one runs exactly once elsewhere, no survivor is over its
-   capacity (no room was given twice), and both evacuations complete;
+1. two hosts fail together (the second while the first one's rebuilds are on their way
+   to it) and the survivors have room for exactly all their evacuable VMs: every one
+   runs exactly once elsewhere, no survivor is over its capacity (no room was given
+   twice), and both evacuations complete;
 2. a rebuild fails on one target (its executor does not see the shared storage where
    the disks are) and succeeds on a second: attempt 2, the failing host excluded, the
    failure and its reason in the audit trail;
@@ -153,13 +153,24 @@ async def test_two_hosts_fail_together_with_just_enough_capacity(
     free = {h: view.reports[h].memory_mib - _memory_in_use(view, h) for h in SURVIVORS}
     assert sum(free.values()) == len(evacuable) * VM_MIB, free  # exactly enough, not one VM more
 
-    # pp2 dies; one second later, long before pp2 is declared down, pp1 hangs (SIGSTOP:
-    # it takes no order any more) and is fenced in turn. pp1 is still up when pp2's
-    # evacuation is planned, and has by far the most free RAM: pp2's VMs go there first.
+    # pp2 dies. Its evacuation is planned while pp1 is still up, and pp1 has by far the most
+    # free RAM: pp2's VMs are sent there. Then pp1 dies too, before any order reaches it (the
+    # templater is held meanwhile, which makes the order of events certain).
     first, second = VICTIMS[1], VICTIMS[0]
-    killed = stack.kill(f"executor-{first}")
-    await asyncio.sleep(1.0)
-    os.killpg(stack.procs[f"executor-{second}"].pid, signal.SIGSTOP)
+    templater = stack.procs["templater"]
+    os.killpg(templater.pid, signal.SIGSTOP)
+    try:
+        killed = stack.kill(f"executor-{first}")
+        deadline = time.monotonic() + 30
+        while not (targets := await db.fetch(
+                "SELECT it.target FROM evacuation_items it JOIN evacuations e ON e.id = it.evacuation_id"
+                " WHERE e.source=$1 AND it.status='pending'", first)):
+            assert time.monotonic() < deadline, f"no evacuation of {first}"
+            await asyncio.sleep(0.01)
+        assert {r["target"] for r in targets} == {second}, [r["target"] for r in targets]
+        stack.kill(f"executor-{second}")
+    finally:
+        os.killpg(templater.pid, signal.SIGCONT)
 
     evacs = [await _closed_evacuation(db, h, killed) for h in VICTIMS]
     await _seen_once_elsewhere(view, evacuable, set(VICTIMS))
@@ -169,15 +180,14 @@ async def test_two_hosts_fail_together_with_just_enough_capacity(
         assert evac["status"] == "completed", dict(evac)
         items = await db.fetch("SELECT * FROM evacuation_items WHERE evacuation_id=$1", evac["id"])
         assert sorted(i["status"] for i in items) == ["done"] * 3 + ["not_evacuable"], [dict(i) for i in items]
-        # The first plan may go to the other victim before it is declared down: those
-        # rebuilds are placed again when it is, not left to the result timeout.
+        # The rebuilds sent to a host that then died are placed again as soon as it is
+        # declared down, not left to the result timeout.
         other = next(h for h in VICTIMS if h != evac["source"])
         for i in items:
             if i["status"] == "done" and i["attempt"] != 1:
                 assert (i["attempt"], list(i["excluded"])) == (2, [other]), dict(i)
                 assert f"after {other} failed: target {other} went down" in i["reason"], i["reason"]
         retried += sum(i["attempt"] == 2 for i in items)
-    stack.kill(f"executor-{second}")  # fenced by the detector already: reap it
     # No host over its capacity, by the executors' own reports: the second plan saw the
     # first one's rebuilds in flight, so no room was given twice.
     for h in SURVIVORS:
@@ -193,7 +203,7 @@ async def test_two_hosts_fail_together_with_just_enough_capacity(
         assert await db.fetchval("SELECT host FROM instances WHERE uuid=$1", uuid.UUID(vm.uuid)) == host
     local = [vm for h in VICTIMS for vm in stack.vms[h] if not vm.shared]
     assert all(not view.where(vm.uuid, set(VICTIMS)) for vm in local)
-    # pp2's rebuilds sent to the hung pp1 were placed again as soon as pp1 was declared down.
+    # pp2's rebuilds sent to pp1 were placed again as soon as pp1 was declared down.
     assert retried == sum(vm.shared for vm in stack.vms[first]), retried
 
 
