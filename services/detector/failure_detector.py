@@ -97,6 +97,16 @@ def _transition(
     return new, [LogLine(f"host {rec.name!r}: {rec.state} -> {to} ({reason})")]
 
 
+def _with(rec: HostRecord, **changes: object) -> HostRecord:
+    """`dataclasses.replace` for the hot path (every heartbeat): a copy with some
+    fields changed, without re-running the constructor (HostRecord has no checks in
+    it). Several times faster; same result."""
+    new = object.__new__(HostRecord)
+    new.__dict__.update(rec.__dict__)
+    new.__dict__.update(changes)
+    return new
+
+
 def _ignored(rec: HostRecord | None, name: str, what: str, why: str = "") -> list[Effect]:
     state = rec.state if rec is not None else "unknown"
     return [LogLine(f"host {name!r} ({state}): ignored {what}" + (f": {why}" if why else ""))]
@@ -212,19 +222,22 @@ def _judge(rec: HostRecord, at: float, t: Timings) -> Step:
     return rec, []
 
 
-def _may_change(rec: HostRecord, at: float, t: Timings) -> bool:
-    """False only when a Tick at `at` certainly leaves `rec` alone (cheap: no call of
-    `_judge` for the up hosts that heartbeat, nor for down and maintenance hosts)."""
-    state = rec.state
-    if state == S.up:
-        return _bus_silent(rec, at, t)
-    return state != S.down and state != S.maintenance
-
-
 def _tick(state: DetectorState, at: float, t: Timings) -> tuple[DetectorState, list[Effect]]:
     # Only the hosts a tick may change are judged, in name order (the order of the
-    # effects); the hosts dict is copied only when one of them really changed.
-    candidates = sorted(name for name, rec in state.hosts.items() if _may_change(rec, at, t))
+    # effects); the hosts dict is copied only when one of them really changed. An up host
+    # changes only once its bus is silent (`_bus_silent`, inlined: this loop runs over
+    # every host every tick); down and maintenance hosts never change on a tick.
+    limit = t.suspect_after + EPSILON
+    candidates = []
+    for name, rec in state.hosts.items():
+        st = rec.state
+        if st == S.up:
+            ref = rec.last_heartbeat if rec.last_heartbeat is not None else rec.since
+            if at - ref > limit:
+                candidates.append(name)
+        elif st != S.down and st != S.maintenance:
+            candidates.append(name)
+    candidates.sort()
     changed: dict[str, HostRecord] = {}
     effects: list[Effect] = []
     for name in candidates:
@@ -257,8 +270,8 @@ def _heartbeat(rec: HostRecord | None, ev: Heartbeat, t: Timings) -> Step:
     last = max(previous, ev.at)
     if rec.state == S.fencing:
         # The fence round keeps its driver: the request in flight names it.
-        return replace(rec, last_heartbeat=last), []
-    rec = replace(rec, last_heartbeat=last, fence_driver=ev.fence_driver)
+        return _with(rec, last_heartbeat=last), []
+    rec = _with(rec, last_heartbeat=last, fence_driver=ev.fence_driver)
     if rec.state == S.suspect:
         return _transition(rec, S.up, ev.at,
                            f"heartbeat resumed after {ev.at - previous:.1f} s of silence")
@@ -279,7 +292,7 @@ def _storage_heartbeat(rec: HostRecord | None, ev: StorageHeartbeat) -> Step | N
     if rec is None:
         return None
     last = rec.last_storage_heartbeat
-    return replace(rec, last_storage_heartbeat=ev.at if last is None else max(last, ev.at)), []
+    return _with(rec, last_storage_heartbeat=ev.at if last is None else max(last, ev.at)), []
 
 
 def _fence_result(rec: HostRecord, ev: FenceResult, t: Timings) -> Step:

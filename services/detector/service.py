@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 import uuid
 from datetime import UTC, datetime
@@ -258,6 +259,7 @@ def _persisted(before: HostRecord | None, after: HostRecord) -> bool:
 
 
 _HEARTBEAT_FIELDS = frozenset({"host", "seq", "fence_driver", "fence_target", "storage_ok"})
+_CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _ENVELOPE_FIELDS = frozenset({"type", "version", "id", "at", "source", "data"})
 
 
@@ -285,7 +287,8 @@ def _fast_heartbeat(raw: bytes | None) -> tuple[str, str, str] | None:
             or type(data.get("storage_ok", True)) is not bool):
         return None
     try:
-        uuid.UUID(ident)
+        if not _CANONICAL_UUID.fullmatch(ident):
+            uuid.UUID(ident)  # what the schema accepts, in any of its spellings
         datetime.fromisoformat(at)
     except ValueError:
         return None
