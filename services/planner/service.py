@@ -132,11 +132,13 @@ class Planner:
         """A host that fails while rebuilds of another evacuation are in flight to it (two
         hosts failing together: the first plan may use the second before it is declared
         down) will never answer them: place them again at once, excluding it, rather than
-        after the result timeout. It is fenced, so no copy it may have started still runs."""
+        after the result timeout. It is fenced, so no copy it may have started still runs.
+        An item locked by a result being handled or by the timeout sweep is theirs to retry
+        (they lock the item before planning: waiting for it here would deadlock)."""
         await store.lock_planning(conn)
         for item in await conn.fetch(
             "SELECT * FROM evacuation_items WHERE status='pending' AND target=$1 ORDER BY created_at, instance_name"
-            " FOR UPDATE", host,
+            " FOR UPDATE SKIP LOCKED", host,
         ):
             await self.retry_or_fail(conn, item, host, f"target {host} went down before it reported a result", [])
             await self.maybe_close(conn, item["evacuation_id"])
