@@ -1,4 +1,5 @@
 import logging
+import sys
 
 import uvicorn
 
@@ -13,7 +14,7 @@ try:
     require_infra(settings)
     tokens = TokenBook.parse(settings.api_tokens)
 except ConfigError as exc:
-    print(f"error: {exc}")
+    print(f"error: {exc}", file=sys.stderr)
     raise SystemExit(2) from None
 setup_logging(settings.log_level, "services.api")
 if not tokens.entries:

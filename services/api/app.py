@@ -52,7 +52,10 @@ async def run_bus(app: FastAPI) -> None:
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     s: ApiSettings = app.state.settings
-    await retry_start("database", lambda: migrate(s.database_url))
+    async def migrate_db() -> None:
+        await migrate(s.database_url)
+
+    await retry_start("database", migrate_db)
     app.state.pool = await connect_pool(s.database_url, max_size=8)
     app.state.producer = Producer(s.kafka_bootstrap, SOURCE)
     app.state.producer_started = False

@@ -42,7 +42,7 @@ class Accepted(BaseModel):
 @router.post("/hosts/{name}/evacuate", status_code=202, response_model=Accepted,
              summary="Request a manual evacuation of a host that is down, fencing or isolated")
 async def evacuate(name: str, body: EvacuateIn | None = None, db: asyncpg.Pool = POOL) -> Accepted:
-    body = body or EvacuateIn()
+    body = body or EvacuateIn(target=None)
     async with db.acquire() as conn, conn.transaction():
         host = await conn.fetchrow("SELECT name, state, state_reason FROM hosts WHERE name = $1 FOR SHARE", name)
         if host is None:
