@@ -122,13 +122,11 @@ class Stack:
         """A simulated host and its executor; ``env`` adds to (or overrides) that executor's
         environment, also when it is restarted or revived."""
         vms = plan_vms(index, name, vm_count, shutoff=shutoff, local=local)
-        uri = write_node(self.workdir / "nodes" / f"{name}.xml", vms, self.shared_dir,
-                         self.workdir / "local" / name, memory_mib=memory_mib, cpus=cpus)
+        write_node(self.workdir / "nodes" / f"{name}.xml", vms, self.shared_dir,
+                   self.workdir / "local" / name, memory_mib=memory_mib, cpus=cpus)
         self.vms[name] = vms
         self.host_env[name] = dict(env or {})
-        self.spawn(f"executor-{name}", "services.executor", **{
-            "EVACUATE_HOST": name, "EVACUATE_LIBVIRT_URI": uri, "EVACUATE_FENCE_DRIVER": "process",
-            **self.host_env[name]})
+        self.spawn(f"executor-{name}", "services.executor", **self._extra_of(f"executor-{name}"))
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> float:
         """Kill a process (group): a simulated host dies with its executor. Returns when."""
@@ -157,8 +155,9 @@ class Stack:
             return {}
         host = name.removeprefix("executor-")
         uri = f"test://{(self.workdir / 'nodes' / f'{host}.xml').resolve()}"
+        # A compute host holds no database credentials and no API tokens (DESIGN §1).
         return {"EVACUATE_HOST": host, "EVACUATE_LIBVIRT_URI": uri, "EVACUATE_FENCE_DRIVER": "process",
-                **self.host_env.get(host, {})}
+                "EVACUATE_DATABASE_URL": "", "EVACUATE_API_TOKENS": "", **self.host_env.get(host, {})}
 
     def stop(self) -> None:
         for proc in self.procs.values():
