@@ -37,6 +37,16 @@ def demo(keep: bool = typer.Option(False, help="Keep the work directory (logs, n
 
 
 @app.command()
+def up(api_port: int = typer.Option(None, help="API port (default EVACUATE_API_PORT or 8780)"),
+       profile: str = typer.Option(None, help="Detector timing profile: production | aggressive"),
+       heartbeat_interval: float = typer.Option(None, help="Seconds between executor heartbeats")) -> None:
+    """Run the control plane in the foreground (embedded broker and PostgreSQL unless configured)."""
+    from services.evacctl.up import main as up_main
+
+    raise typer.Exit(up_main(api_port, heartbeat_interval, profile))
+
+
+@app.command()
 def version() -> None:
     """Print the version."""
     from importlib.metadata import version as v
