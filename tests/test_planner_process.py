@@ -94,6 +94,8 @@ def stack(broker: EmbeddedBroker, database_url: str, tmp_path_factory: pytest.Te
     s.add_host(0, GOOD, vm_count=0, memory_mib=GOOD_MIB)
     s.add_host(15, VICTIM2, vm_count=3, shutoff=1, local=1)
     yield s
+    for name in list(s.procs):  # no graceful stop to wait for: nothing here is judged by it
+        s.kill(name)
     s.stop()
     assert not [line for p in (s.workdir / "logs").glob("*.log") for line in p.read_text().splitlines()
                 if '"level": "ERROR"' in line and "Traceback" in line], "a service logged a traceback"
