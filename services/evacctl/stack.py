@@ -57,7 +57,8 @@ class Stack:
     postgres: EmbeddedPostgres | None = None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     vms: dict[str, list[SimVM]] = field(default_factory=dict)
-    host_env: dict[str, dict[str, str]] = field(default_factory=dict)  # per-host extra env (add_host(env=...))
+    host_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    host_size: dict[str, tuple[int, int]] = field(default_factory=dict)  # memory MiB and cpus per host
     api_port: int = field(default_factory=lambda: int(os.environ.get("EVACUATE_API_PORT") or free_port()))
     api_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))  # admin token of this stack's API
 
@@ -125,6 +126,7 @@ class Stack:
         write_node(self.workdir / "nodes" / f"{name}.xml", vms, self.shared_dir,
                    self.workdir / "local" / name, memory_mib=memory_mib, cpus=cpus)
         self.vms[name] = vms
+        self.host_size[name] = (memory_mib, cpus)
         self.host_env[name] = dict(env or {})
         self.spawn(f"executor-{name}", "services.executor", **self._extra_of(f"executor-{name}"))
 
@@ -143,7 +145,9 @@ class Stack:
         """Bring a killed simulated host back as after a power cycle: its domains are all
         still defined (stale copies) but none runs (HA domains have autostart off)."""
         vms = [replace(vm, running=False) for vm in self.vms[name]]
-        write_node(self.workdir / "nodes" / f"{name}.xml", vms, self.shared_dir, self.workdir / "local" / name)
+        memory_mib, cpus = self.host_size.get(name, (65536, 32))
+        write_node(self.workdir / "nodes" / f"{name}.xml", vms, self.shared_dir, self.workdir / "local" / name,
+                   memory_mib=memory_mib, cpus=cpus)
         self.restart(f"executor-{name}")
 
     def restart(self, name: str) -> None:
