@@ -143,6 +143,10 @@ class ConsumeLoop:
             auto_offset_reset=spec.auto_offset_reset,
             fetch_max_wait_ms=fetch_max_wait_ms,
             max_poll_records=500,
+            # A replaced (crashed) member is noticed sooner: a restarted service rejoins in
+            # ~4 s instead of ~8 s on the embedded broker (6 s is Kafka's minimum session).
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=500,
         )
         self.ready = asyncio.Event()
 
