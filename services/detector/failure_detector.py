@@ -244,7 +244,7 @@ def _tick(state: DetectorState, at: float, t: Timings) -> tuple[DetectorState, l
         rec = first = state.hosts[name]
         for _ in range(_MAX_CHAIN):
             new, step_effects = _judge(rec, at, t)
-            if new == rec and not step_effects:
+            if not step_effects and (new is rec or new == rec):
                 break
             rec = new
             effects.extend(step_effects)
