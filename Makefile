@@ -8,7 +8,7 @@ demo: setup
 	.venv/bin/evacctl demo
 
 test: setup qemu lint
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q --durations=15
 
 # QEMU for the one real-guest test; if it cannot be installed that test skips and says why.
 qemu:

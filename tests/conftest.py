@@ -11,9 +11,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from services.common.embedded import EmbeddedBroker, EmbeddedPostgres
 from services.evacctl.stack import admin_sql, with_database
+
+# Property tests judge logic, not speed: CI and a busy 2-core machine must not fail them
+# for slow input generation or a slow example.
+settings.register_profile("evacuate", suppress_health_check=[HealthCheck.too_slow], deadline=None)
+settings.load_profile("evacuate")
 
 
 @pytest.fixture(scope="session")
