@@ -367,11 +367,13 @@ async def test_power_off_isolation_self_fences_and_vms_run_once(
             assert cut < max(destroyed.values()) < down_at
             assert last_storage < down_at - 2.0, "NodeDown only once the storage heartbeat had expired"
 
-            # Evacuated: each shared VM defined on exactly one other host in its power state.
+            # Evacuated: each shared VM defined on exactly one other host in its power state
+            # (a rebuild defines before it starts: a report may come in between).
             def evacuated() -> bool:
-                return all(len(cv.where(vm.uuid, {"dp2"})) == 1 for vm in shared)
+                return all(len(seen := cv.where(vm.uuid, {"dp2"})) == 1 and seen[0][1].power_state == (
+                    PowerState.RUNNING if vm.running else PowerState.SHUTOFF) for vm in shared)
 
-            await _wait("dp2's VMs on other hosts", evacuated, 60)
+            await _wait("dp2's VMs on other hosts in their power state", evacuated, 60)
             for vm in shared:
                 (host, dom), = cv.where(vm.uuid, {"dp2"})
                 assert dom.power_state == (PowerState.RUNNING if vm.running else PowerState.SHUTOFF), vm.name

@@ -187,30 +187,44 @@ class Detector:
             await asyncio.sleep(self.s.storage_scan_interval)
 
     async def apply_effects(self) -> None:
+        """Carry out the effects in their order. Whatever is queued goes into one
+        transaction (host records, then outbox rows in order), so a burst (10,000 hosts
+        registering, a rack going suspect) costs a few transactions, not one per effect.
+        A fence is requested once the state that asked for it is written."""
         while True:
-            eff, changed = await self.effects.get()
-            if isinstance(eff, LogLine):
-                if eff.text:
-                    log.info(eff.text)
-                await self.persist(changed)
-            elif isinstance(eff, Publish):
-                await self.persist(changed, eff)
-            elif isinstance(eff, RequestFence):
-                asyncio.ensure_future(self.fence(eff))
+            batch = [await self.effects.get()]
+            while len(batch) < 1000 and not self.effects.empty():
+                batch.append(self.effects.get_nowait())
+            records: dict[str, HostRecord] = {}
+            publishes: list[Publish] = []
+            fences: list[RequestFence] = []
+            for eff, changed in batch:
+                records.update(changed)
+                if isinstance(eff, LogLine):
+                    if eff.text:
+                        log.info(eff.text)
+                elif isinstance(eff, Publish):
+                    publishes.append(eff)
+                elif isinstance(eff, RequestFence):
+                    fences.append(eff)
+            await self.persist(records, publishes)
+            for req in fences:
+                asyncio.ensure_future(self.fence(req))
 
-    async def persist(self, changed: dict[str, HostRecord], publish: Publish | None = None) -> None:
+    async def persist(self, changed: dict[str, HostRecord], publishes: list[Publish] | None = None) -> None:
         assert self.pool is not None
         async with self.pool.acquire() as conn, conn.transaction():
-            for name, rec in sorted(changed.items()):
-                await conn.execute(
+            if changed:
+                await conn.executemany(
                     "INSERT INTO hosts (name, state, state_since, state_reason, detector, fence_driver, fence_target,"
                     " last_heartbeat) VALUES ($1,$2,$3,$4,$5,$6,$7,$8) ON CONFLICT (name) DO UPDATE SET state=$2,"
                     " state_since=$3, state_reason=$4, detector=$5, fence_driver=$6, fence_target=$7,"
                     " last_heartbeat=COALESCE($8, hosts.last_heartbeat)",
-                    name, str(rec.state), _ts(rec.since), rec.reason, rec.to_dict(), rec.fence_driver,
-                    self.fence_targets.get(name, ""), _ts(rec.last_heartbeat) if rec.last_heartbeat else None,
+                    [(name, str(rec.state), _ts(rec.since), rec.reason, rec.to_dict(), rec.fence_driver,
+                      self.fence_targets.get(name, ""), _ts(rec.last_heartbeat) if rec.last_heartbeat else None)
+                     for name, rec in sorted(changed.items())],
                 )
-            if publish is not None:
+            for publish in publishes or ():
                 msg = _message(publish)
                 await emit(conn, msg, SOURCE)
                 await audit(conn, publish.kind, publish.reason, host=publish.host)
@@ -303,6 +317,7 @@ class _HeartbeatLoop(ConsumeLoop):
         super().__init__(*args)  # type: ignore[arg-type]
         self.detector = detector
         self.handled = metrics.HANDLED.labels(consumer="detector", type="HostHeartbeat")
+        self.since_yield = 0
 
     async def _handle(self, record: ConsumerRecord) -> None:
         hb = _fast_heartbeat(record.value) if record.topic == str(Topic.HEARTBEATS) else None
@@ -315,6 +330,12 @@ class _HeartbeatLoop(ConsumeLoop):
             await super()._handle(record)
             return
         self.handled.inc()
+        self.since_yield += 1
+        if self.since_yield >= 256:
+            # A fetched batch holds thousands of heartbeats and handling one never waits:
+            # let the ticker, the effects and the relay run in between.
+            self.since_yield = 0
+            await asyncio.sleep(0)
 
 
 def _ts(t: float) -> datetime:
