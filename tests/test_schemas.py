@@ -52,6 +52,7 @@ def raw_envelope(type_: str, version: int, data: object, id_: str = "7d3c1f7e-0b
     (b"not json at all", "not JSON"),
     (raw_envelope("Nope", 1, {}), "unknown message type 'Nope'"),
     (raw_envelope("NodeDown", 2, {}), "NodeDown version 2 is not supported"),
+    (raw_envelope("NodeDown", 0, {}), "NodeDown version 0 is not supported"),
     (raw_envelope("NodeDown", 1, {"host": 5}), "NodeDown fails its schema"),
     (b'{"type": "NodeDown"}', "bad envelope"),
     (raw_envelope("NodeDown", 1, {}, id_="42"), "bad envelope: id: .*'42' is not a UUID"),
@@ -79,3 +80,12 @@ def test_schema_change_needs_a_version_bump() -> None:
             assert now["version"] > before["version"], (
                 f"{name}'s JSON schema changed but its VERSION is still {now['version']}: bump it and update "
                 f"{FINGERPRINTS_FILE}")
+
+
+def test_an_older_version_still_reads() -> None:
+    """RebuildOrder 2 added the shared-storage config drive; a version-1 order (no such
+    fields) from a not yet upgraded templater is read with the defaults."""
+    order = {"order_id": "o", "evacuation_id": "e", "item_id": "i", "source": "h1", "target": "h2",
+             "instance_uuid": "u", "instance_name": "vm", "attempt": 1, "xml": "<domain/>", "power_state": "running"}
+    env, msg = decode(raw_envelope("RebuildOrder", 1, order))
+    assert env.version == 1 and msg.config_drive_path is None  # type: ignore[attr-defined]

@@ -7,6 +7,7 @@ template cannot render fails alone with the error, and the rest of the plan goes
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 import uuid
@@ -64,7 +65,8 @@ map {
 """
 NEEDS_ADMIN_BODY = "ServerAdmin {{ADMIN_EMAIL}}\n"
 
-# A mapped file too big for a config drive sent inline on the bus.
+# A mapped file too big for a config drive sent inline on the bus: staged on the shared
+# storage, the order carries its path and sha256.
 HUGE = "metadata { INSTANCE_NAME; }\nmap { /var/lib/blob }\n"
 HUGE_BODY = "{{INSTANCE_NAME}}\n" + "x" * 2_000_000
 
@@ -195,7 +197,7 @@ async def test_templated_instance_gets_config_drive_rendered_for_target(stack: S
         await conn.close()
 
     # Every VM of the host that could be rebuilt was: the failing renders did not stop the plan.
-    rebuilt = [web, shut]
+    rebuilt = [web, shut, huge]
     while time.monotonic() < deadline and not all(view.where(vm.uuid, {VICTIM}) for vm in rebuilt):
         await asyncio.sleep(0.1)
     target_of: dict[str, str] = {}
@@ -236,14 +238,24 @@ async def test_templated_instance_gets_config_drive_rendered_for_target(stack: S
     assert read_config_drive(image) == {
         "/etc/build-info": f"built on {target_of[shut.uuid]} as {shut.name} ({shut.mac}) role web\n".encode()}
 
+    # The large drive went through the shared storage, checked by its sha256.
+    host, dom = view.where(huge.uuid, {VICTIM})[0]
+    sources = _config_drive_source(dom)
+    assert len(sources) == 1, dom.xml
+    big = Path(sources[0]).read_bytes()
+    assert read_config_drive(big) == {"/var/lib/blob": HUGE_BODY.replace("{{INSTANCE_NAME}}", huge.name).encode()}
+    staged = list((stack.shared_dir / ".evacuate" / "config-drives" / "staged").glob("*.iso"))
+    assert len(staged) == 1 and staged[0].read_bytes() == big
+    step = next(s for s in items[huge.uuid]["steps"] if s["name"] == "attach-config-drive")
+    assert step["ok"] and hashlib.sha256(big).hexdigest()[:16] in step["detail"], step
+
     # The instances whose template cannot render failed alone, with the error, once.
     with pytest.raises(TemplateError) as refused:
         validate_values(parse(NEEDS_ADMIN), {"HTML_ROOT": HTML_ROOT})
     assert (refused.value.line, refused.value.item) == (4, "ADMIN_EMAIL")
     for vm, why in ((no_admin, ["line 4, column", "item 'ADMIN_EMAIL'", "required", "needs-admin"]),
                     (unregistered, ["no-such-template", "not registered"]),
-                    (corrupt, ["template corrupt:"]),
-                    (huge, ["template huge:", "too large to send"])):
+                    (corrupt, ["template corrupt:"])):
         item = items[vm.uuid]
         assert item["status"] == "failed", dict(item)
         for part in why:

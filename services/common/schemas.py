@@ -179,7 +179,11 @@ class EvacuationPlan(Message):
 
 
 class RebuildOrder(Message):
+    """A config drive travels inline (base64) when small, else as a file on the shared
+    storage with its sha256, which the executor checks before attaching it."""
+
     TOPIC = Topic.ORDERS
+    VERSION = 2
     order_id: str
     evacuation_id: str
     item_id: str
@@ -191,6 +195,8 @@ class RebuildOrder(Message):
     xml: str
     power_state: PowerState
     config_drive_b64: str | None = None
+    config_drive_path: str | None = None
+    config_drive_sha256: str | None = None
 
     def key(self) -> str:
         return self.target
@@ -356,9 +362,10 @@ def decode(raw: bytes | None) -> tuple[Envelope, Message]:
     cls = MESSAGE_TYPES.get(env.type)
     if cls is None:
         raise BadMessage(f"unknown message type {env.type!r}; known: {', '.join(sorted(MESSAGE_TYPES))}")
-    if env.version != cls.VERSION:
+    if not 1 <= env.version <= cls.VERSION:
+        # Versions only add fields with defaults, so an older message still reads.
         raise BadMessage(
-            f"{env.type} version {env.version} is not supported (this consumer reads version {cls.VERSION})"
+            f"{env.type} version {env.version} is not supported (this consumer reads versions 1 to {cls.VERSION})"
         )
     try:
         msg = cls.model_validate(env.data)

@@ -78,7 +78,10 @@ class PlannerSettings(CommonSettings):
 
 
 class TemplaterSettings(CommonSettings):
-    pass
+    shared_storage: str = Field(
+        "", description="Shared storage path where config drives too large to send inline are staged; empty: none")
+    inline_config_drive_bytes: int = Field(
+        262_144, ge=0, le=900_000, description="Config drives up to this size travel inside the order")
 
 
 class ExecutorSettings(CommonSettings):

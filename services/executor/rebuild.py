@@ -10,7 +10,7 @@ from pathlib import Path
 
 from libvirt import VIR_DOMAIN_XML_INACTIVE, libvirtError
 
-from services.common.domain_xml import parse_domain, same_identity, with_config_drive
+from services.common.domain_xml import is_shared, parse_domain, same_identity, with_config_drive
 from services.common.errors import RebuildError
 from services.common.schemas import PowerState, RebuildOrder, Step
 from services.executor.hypervisor import Hypervisor
@@ -70,9 +70,9 @@ def rebuild(hv: Hypervisor, leases: LeaseStore, order: RebuildOrder, host: str,
             dom = hv.define(xml)
             steps.ok(step, t)
 
-        if order.config_drive_b64:
+        if order.config_drive_b64 or order.config_drive_path:
             step, t = "attach-config-drive", time.perf_counter()
-            iso = base64.b64decode(order.config_drive_b64)
+            iso = base64.b64decode(order.config_drive_b64) if order.config_drive_b64 else staged_drive(order, hv)
             config_drive_dir.mkdir(parents=True, exist_ok=True)
             path = config_drive_dir / f"{order.instance_uuid}.iso"
             path.write_bytes(iso)
@@ -108,3 +108,17 @@ def _failed(hv: Hypervisor, leases: LeaseStore, order: RebuildOrder, steps: Step
     if took_lease and not hv.is_active(order.instance_uuid):
         leases.release(order.instance_uuid)
     exc.steps = steps  # type: ignore[attr-defined]
+
+
+def staged_drive(order: RebuildOrder, hv: Hypervisor) -> bytes:
+    """A config drive the templater put on the shared storage: read it and check it."""
+    path = Path(order.config_drive_path or "")
+    if not is_shared(str(path), hv.shared_storage):
+        raise RebuildError("attach-config-drive", f"config drive {path} is not on the shared storage")
+    iso = path.read_bytes()
+    digest = hashlib.sha256(iso).hexdigest()
+    if digest != order.config_drive_sha256:
+        raise RebuildError("attach-config-drive",
+                           f"config drive {path} has sha256 {digest[:16]}..., the order says"
+                           f" {(order.config_drive_sha256 or '(none)')[:16]}...")
+    return iso

@@ -6,9 +6,12 @@ to render fails alone (a non-retryable RebuildResult) and the rest of the plan g
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
+import os
 import uuid
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -113,6 +116,7 @@ class Templater:
         orders: list[tuple[str, str | None, bytes]] = []
         for a in msg.assignments:
             drive: str | None = None
+            staged: tuple[str, str] | None = None
             if a.template:
                 # Reading the template is infrastructure: a database error fails the whole
                 # handler, which the consume loop retries. Everything after it concerns this
@@ -121,7 +125,11 @@ class Templater:
                 try:
                     if found is None:
                         raise TemplateError(f"server template {a.template!r} is not registered", line=0, column=0)
-                    drive = base64.b64encode(config_drive_for(a, found[0], found[1])).decode()
+                    iso = config_drive_for(a, found[0], found[1])
+                    if len(iso) <= self.s.inline_config_drive_bytes:
+                        drive = base64.b64encode(iso).decode()
+                    else:
+                        staged = self.stage(order_id(a.item_id, a.attempt), iso)
                 except (TemplateError, RebuildError, ValueError) as exc:
                     await self.fail(msg, a, f"template {a.template}: {exc}")
                     failed += 1
@@ -135,6 +143,7 @@ class Templater:
                 order_id=order_id(a.item_id, a.attempt), evacuation_id=msg.evacuation_id, item_id=a.item_id,
                 source=msg.source, target=a.target, instance_uuid=a.instance_uuid, instance_name=a.instance_name,
                 attempt=a.attempt, xml=a.xml, power_state=a.power_state, config_drive_b64=drive,
+                config_drive_path=staged[0] if staged else None, config_drive_sha256=staged[1] if staged else None,
             )
             raw = encode(wrap(order, SOURCE))
             if len(raw) > MAX_ORDER_BYTES:
@@ -151,6 +160,20 @@ class Templater:
         # All orders of the plan at once: one acknowledgement round, not one per order.
         await self.producer.send_many(orders)
         log.info("plan %s: %d orders, %d failed to render", msg.evacuation_id, len(msg.assignments) - failed, failed)
+
+    def stage(self, oid: str, iso: bytes) -> tuple[str, str]:
+        """Put a config drive too large for the bus on the shared storage; the order
+        carries its path and sha256. Raises RebuildError when there is no shared storage."""
+        if not self.s.shared_storage:
+            raise RebuildError("render", f"the config drive is {len(iso)} bytes, over the inline limit of"
+                               f" {self.s.inline_config_drive_bytes}, and EVACUATE_SHARED_STORAGE is not set")
+        folder = Path(self.s.shared_storage) / ".evacuate" / "config-drives" / "staged"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{oid}.iso"
+        tmp = folder / f".{oid}.iso.tmp"
+        tmp.write_bytes(iso)
+        os.replace(tmp, path)  # a reader never sees half a file
+        return str(path), hashlib.sha256(iso).hexdigest()
 
     async def fail(self, plan: EvacuationPlan, a: Assignment, error: str) -> None:
         log.warning("%s: %s", a.instance_name, error)

@@ -4,6 +4,7 @@ and every refusal names its step and the bad value."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import xml.etree.ElementTree as ET
 
 import libvirt
@@ -181,3 +182,26 @@ def test_network_disk_keeps_the_domain_name(site: Site) -> None:
     rebuild(target, site.leases(), site.order(vm, xml), TARGET, site.root / "cd")
     info = _info(target, vm.uuid)
     assert info.name == vm.name and [d.path for d in info.disks][1] == "rbd:pool/image"
+
+
+def test_staged_config_drive_is_checked_by_its_sha256(site: Site) -> None:
+    """A drive too large for the bus waits on the shared storage; the order names its
+    sha256, and a file that does not match is refused before anything starts."""
+    vm = site.vm(0)
+    staged = site.shared / ".evacuate" / "config-drives" / "staged" / "o.iso"
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    iso = b"CD001 a big pretend iso" * 1000
+    staged.write_bytes(iso)
+    target = site.target()
+    good = site.order(vm, site.xml(vm), config_drive_path=str(staged),
+                      config_drive_sha256=hashlib.sha256(iso).hexdigest())
+    steps, state = rebuild(target, site.leases(), good, TARGET, site.root / "cd")
+    assert state == PowerState.RUNNING and (site.root / "cd" / f"{vm.uuid}.iso").read_bytes() == iso
+
+    other = site.vm(1)
+    bad = site.order(other, site.xml(other), config_drive_path=str(staged), config_drive_sha256="0" * 64)
+    err = _refused(site, target, bad)
+    assert err.step == "attach-config-drive" and "sha256" in err.message
+    assert not target.conn.lookupByUUIDString(other.uuid).isActive()
+    outside = site.order(other, site.xml(other), config_drive_path="/etc/hostname", config_drive_sha256="0" * 64)
+    assert "not on the shared storage" in _refused(site, target, outside).message
