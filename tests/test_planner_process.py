@@ -97,8 +97,7 @@ def stack(broker: EmbeddedBroker, database_url: str, tmp_path_factory: pytest.Te
     for name in list(s.procs):  # no graceful stop to wait for: nothing here is judged by it
         s.kill(name)
     s.stop()
-    assert not [line for p in (s.workdir / "logs").glob("*.log") for line in p.read_text().splitlines()
-                if '"level": "ERROR"' in line and "Traceback" in line], "a service logged a traceback"
+    assert not s.tracebacks(), "a service logged a traceback"
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -23,7 +22,7 @@ from services.common.embedded import EmbeddedBroker
 from services.common.schemas import DomainInfo, PowerState
 from services.evacctl.observe import ClusterView
 from services.evacctl.simcluster import SimVM
-from services.evacctl.stack import Stack
+from services.evacctl.stack import Stack, admin_sql, with_database
 from services.templater.bundle import load_bundle
 from services.templater.configdrive import read_config_drive, read_meta_data, volume_id
 from services.templater.template import TemplateError, parse, validate_values
@@ -71,27 +70,14 @@ HUGE = "metadata { INSTANCE_NAME; }\nmap { /var/lib/blob }\n"
 HUGE_BODY = "{{INSTANCE_NAME}}\n" + "x" * 2_000_000
 
 
-def _with_db(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
-
-
-async def _admin(url: str, sql: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(scope="module")
 def own_database(database_url: str) -> Iterator[str]:
     """A database of this module's own: the detector and planner of another module's stack
     leave hosts behind in the session database that this stack's detector would declare down."""
     name = f"evacuate_tpl_{uuid.uuid4().hex[:10]}"
-    asyncio.run(_admin(database_url, f'CREATE DATABASE "{name}"'))
-    yield _with_db(database_url, name)
-    asyncio.run(_admin(database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(admin_sql(database_url, f'CREATE DATABASE "{name}"'))
+    yield with_database(database_url, name)
+    asyncio.run(admin_sql(database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +89,7 @@ def stack(broker: EmbeddedBroker, own_database: str, tmp_path_factory: pytest.Te
         s.add_host(index, host, vm_count=count, shutoff=1, local=1)
     yield s
     s.stop()
-    assert not [line for p in (s.workdir / "logs").glob("*.log") for line in p.read_text().splitlines()
-                if '"level": "ERROR"' in line and "Traceback" in line], "a service logged a traceback"
+    assert not s.tracebacks(), "a service logged a traceback"
 
 
 @pytest.fixture(scope="module")

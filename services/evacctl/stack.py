@@ -193,5 +193,11 @@ class Stack:
             if self.postgres:
                 self.postgres.stop()
 
+    def tracebacks(self) -> list[str]:
+        """Log lines of this stack's services that carry an error with a traceback."""
+        logs = sorted((self.workdir / "logs").glob("*.log"))
+        return [f"{p.name}: {line[:300]}" for p in logs for line in p.read_text(errors="replace").splitlines()
+                if '"level": "ERROR"' in line and "Traceback" in line]
+
     def dead_services(self) -> list[str]:
         return [n for n, p in self.procs.items() if p.poll() is not None]
