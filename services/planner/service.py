@@ -177,6 +177,7 @@ class Planner:
                                                  placed=0, failed=0, seconds=0.0), SOURCE)
             log.warning("evacuation of %s refused: %s", source, refused)
             return
+        await self.take_reserved(conn, result.reserved_taken, evac_id)
         by_uuid = {str(r["uuid"]): r for r in records}
         assignments = []
         for a in result.assignments:
@@ -202,6 +203,14 @@ class Planner:
                                             assignments=tuple(assignments)), SOURCE)
         else:
             await self.maybe_close(conn, evac_id)
+
+    async def take_reserved(self, conn: asyncpg.Connection, hosts: tuple[str, ...], evac_id: Any) -> None:
+        """A reserved (failover) host that received instances leaves the reserved pool,
+        as in Masakari: it is now an ordinary host with VMs on it."""
+        for name in hosts:
+            await conn.execute("UPDATE hosts SET reserved = false WHERE name = $1", name)
+            await audit(conn, "reserved-host-taken", f"{name} received evacuated instances: no longer reserved",
+                        host=name, evacuation_id=evac_id)
 
     def _assignment(self, inst: asyncpg.Record, item_id: str, target: str, attempt: int) -> Assignment:
         return Assignment(
@@ -257,6 +266,7 @@ class Planner:
                 " WHERE id=$1", item["id"], f"{error}; no other host: {why}", steps, excluded,
             )
             return
+        await self.take_reserved(conn, again.reserved_taken, item["evacuation_id"])
         attempt = item["attempt"] + 1
         item_id = str(item["id"])
         await conn.execute(
