@@ -17,7 +17,7 @@ from services.api.reads import fetch_host
 from services.api.templates import load_template, template_problem
 from services.common.db import audit
 from services.common.outbox import emit
-from services.common.schemas import EvacuationRequested
+from services.common.schemas import EvacuationRequested, HostCommand
 from services.templater.template import TemplateError, parse, validate_values
 
 router = APIRouter(prefix="/v1", dependencies=[ADMIN], tags=["commands"])
@@ -89,6 +89,18 @@ class HostAction(StrEnum):
     DISABLE = "disable"
     RESERVE = "reserve"
     UNRESERVE = "unreserve"
+    MAINTENANCE = "maintenance"
+    CONFIRM_OFF = "confirm-off"
+    FORCE_DOWN = "force-down"
+
+
+# Commands for the failure detector, sent as HostCommand, and the states they apply in.
+DETECTOR_COMMANDS: dict[HostAction, tuple[str, tuple[str, ...]]] = {
+    HostAction.MAINTENANCE: ("maintenance", ("up", "suspect", "isolated", "returning")),
+    HostAction.CONFIRM_OFF: ("confirm_off", ("suspect", "fencing", "isolated")),
+    HostAction.FORCE_DOWN: ("force_down", ("isolated",)),
+    HostAction.ENABLE: ("enable", ()),  # also ends maintenance; harmless in any other state
+}
 
 
 FLAG_CHANGES: dict[HostAction, tuple[str, bool]] = {
@@ -99,8 +111,12 @@ FLAG_CHANGES: dict[HostAction, tuple[str, bool]] = {
 }
 
 
-@router.post("/hosts/{name}/{action}", summary="Enable, disable, reserve or unreserve a host as an evacuation target")
+@router.post("/hosts/{name}/{action}",
+             summary="Enable, disable, reserve or unreserve a host as a target; put it into maintenance; confirm it is"
+                     " powered off (the manual fence); force an isolated host down")
 async def host_flag(name: str, action: HostAction, db: asyncpg.Pool = POOL) -> dict[str, Any]:
+    if action in DETECTOR_COMMANDS and action is not HostAction.ENABLE:
+        return await detector_command(db, name, action)
     column, value = FLAG_CHANGES[action]
     async with db.acquire() as conn, conn.transaction():
         before = await conn.fetchval(f"SELECT {column} FROM hosts WHERE name = $1 FOR UPDATE", name)
@@ -110,6 +126,23 @@ async def host_flag(name: str, action: HostAction, db: asyncpg.Pool = POOL) -> d
             await conn.execute(f"UPDATE hosts SET {column} = $2 WHERE name = $1", name, value)
             await audit(conn, f"host-{action}d", f"host {name} {action}d by an operator", host=name,
                         data={column: value})
+        if action is HostAction.ENABLE:
+            await emit(conn, HostCommand(host=name, command="enable", requested_by="api:admin"), SOURCE)
+        return await fetch_host(conn, name)
+
+
+async def detector_command(db: asyncpg.Pool, name: str, action: HostAction) -> dict[str, Any]:
+    command, states = DETECTOR_COMMANDS[action]
+    async with db.acquire() as conn, conn.transaction():
+        state = await conn.fetchval("SELECT state FROM hosts WHERE name = $1 FOR UPDATE", name)
+        if state is None:
+            raise HTTPException(404, f"unknown host {name!r}")
+        if state not in states:
+            raise HTTPException(409, f"host {name} is {state}: {action} applies only to a host that is "
+                                f"{' or '.join(states)}")
+        env = await emit(conn, HostCommand(host=name, command=command, requested_by="api:admin"), SOURCE)  # type: ignore[arg-type]
+        await audit(conn, f"host-{action}", f"operator: {action} {name} (was {state})", host=name,
+                    data={"message_id": env.id})
         return await fetch_host(conn, name)
 
 

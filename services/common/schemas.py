@@ -136,6 +136,20 @@ class FenceFailed(HostEvent):
     attempt: int
 
 
+class HostCommand(Message):
+    """An operator's command to the detector (from the API): put a host into or out of
+    maintenance, confirm it is powered off (the `manual` fence), or evacuate an isolated
+    host anyway."""
+
+    TOPIC = Topic.HOST_EVENTS
+    host: str
+    command: Literal["maintenance", "enable", "confirm_off", "force_down"]
+    requested_by: str = "operator"
+
+    def key(self) -> str:
+        return self.host
+
+
 # --- planner / API -> templater -------------------------------------------------------
 
 
@@ -293,6 +307,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         NodeUp,
         HostIsolated,
         FenceFailed,
+        HostCommand,
         EvacuationRequested,
         EvacuationPlan,
         RebuildOrder,

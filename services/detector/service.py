@@ -25,6 +25,7 @@ from services.common.schemas import (
     CleanupResult,
     Envelope,
     FenceFailed,
+    HostCommand,
     HostHeartbeat,
     HostIsolated,
     HostSuspect,
@@ -46,6 +47,7 @@ from services.detector.failure_detector import (
     HostRecord,
     HostState,
     LogLine,
+    Operator,
     Publish,
     RequestFence,
     StorageHeartbeat,
@@ -83,8 +85,9 @@ class Detector:
         self.producer = Producer(settings.kafka_bootstrap, SOURCE)
         self.pool: asyncpg.Pool | None = None
         self.heartbeats = _HeartbeatLoop(self, settings.kafka_bootstrap, ConsumerSpec(
-            name="detector", group="detector", topics=(str(Topic.HEARTBEATS), str(Topic.RESULTS)),
-            handler=self.on_message, types=frozenset({"HostHeartbeat", "CleanupResult"}),
+            name="detector", group="detector",
+            topics=(str(Topic.HEARTBEATS), str(Topic.RESULTS), str(Topic.HOST_EVENTS)),
+            handler=self.on_message, types=frozenset({"HostHeartbeat", "CleanupResult", "HostCommand"}),
         ), self.producer, settings.fetch_max_wait_ms)
 
     async def main(self) -> None:
@@ -159,6 +162,9 @@ class Detector:
             self.on_heartbeat(msg.host, msg.fence_driver, msg.fence_target)
         elif isinstance(msg, CleanupResult) and not msg.errors:
             self.feed(CleanupDone(host=msg.host, at=time.time()))
+        elif isinstance(msg, HostCommand):
+            log.info("operator command %s for %s from %s", msg.command, msg.host, msg.requested_by)
+            self.feed(Operator(host=msg.host, at=time.time(), command=msg.command))
 
     async def ticker(self) -> None:
         while True:

@@ -18,7 +18,8 @@ from rich.table import Table
 from services.evacctl.client import ApiClient, ApiError, ApiUnreachable
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Evacuate: high availability for VMs.")
-host_app = typer.Typer(no_args_is_help=True, help="Change a host's flags as an evacuation target.")
+host_app = typer.Typer(no_args_is_help=True,
+                       help="Change a host's flags as an evacuation target; maintenance and the manual fence.")
 evacuation_app = typer.Typer(no_args_is_help=True, help="One evacuation.")
 template_app = typer.Typer(no_args_is_help=True, help="Server templates: check offline, register.")
 app.add_typer(host_app, name="host")
@@ -238,6 +239,9 @@ _host_command("enable", "Let the planner place evacuated instances on this host 
 _host_command("disable", "Keep evacuated instances off this host.")
 _host_command("reserve", "Keep this host for evacuations (reserved-host recovery).")
 _host_command("unreserve", "Make a reserved host an ordinary target again.")
+_host_command("maintenance", "Put a host into maintenance: its failure is not evacuated until it is enabled.")
+_host_command("confirm-off", "Confirm a host is powered off (the manual fence): its VMs may then be evacuated.")
+_host_command("force-down", "Evacuate an isolated host anyway (it may still run its VMs: be sure it is off).")
 
 PLACEHOLDERS = {
     "IP_ADDRESS": "192.0.2.10", "IP_ADDRESSES": "192.0.2.10", "MAC_ADDRESS": "52:54:00:00:00:01",
