@@ -68,6 +68,7 @@ async def test_manual_fence_waits_for_the_operator(stack: Stack, view: ClusterVi
         assert r.status_code == 409 and "mf1 is up" in r.json()["message"], r.text
 
         stack.kill("executor-mf1")
+        deadline = time.monotonic() + 60
         while await conn.fetchval("SELECT state FROM hosts WHERE name='mf1'") != "fencing":
             assert time.monotonic() < deadline, "mf1 never went to fencing"
             await asyncio.sleep(0.1)
@@ -79,6 +80,7 @@ async def test_manual_fence_waits_for_the_operator(stack: Stack, view: ClusterVi
         assert out.returncode == 0, out.stderr + out.stdout
 
         shared = [vm for vm in stack.vms["mf1"] if vm.shared]
+        deadline = time.monotonic() + 60
         while not all(view.where(vm.uuid, {"mf1"}) for vm in shared):
             assert time.monotonic() < deadline, "the VMs of mf1 were not evacuated after confirm-off"
             await asyncio.sleep(0.1)

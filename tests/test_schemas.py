@@ -64,8 +64,8 @@ def test_bad_messages_are_refused_with_a_reason(raw: bytes | None, reason: str) 
 
 
 def test_topic_catalogue_is_derived_from_the_models() -> None:
-    assert set(TOPICS[Topic.HOST_EVENTS]) == {"HostSuspect", "NodeDown", "NodeUp", "HostIsolated", "FenceFailed",
-                                              "HostCommand"}
+    assert set(TOPICS[Topic.HOST_EVENTS]) == {"HostSuspect", "NodeDown", "NodeUp", "HostIsolated", "FenceFailed"}
+    assert set(TOPICS[Topic.HEARTBEATS]) == {"HostHeartbeat", "InstanceReport", "HostCommand", "CleanupResult"}
     assert "RebuildOrder" in TOPICS[Topic.ORDERS]
     assert sum(len(v) for v in TOPICS.values()) == len(MESSAGE_TYPES)
 

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -121,6 +122,7 @@ class ConsumerSpec:
     key: str | None = None  # only handle records with this key (executor: its host)
     auto_offset_reset: str = "earliest"
     max_handler_attempts: int = 3
+    listener: ConsumerRebalanceListener | None = None  # told which partitions this member owns
 
 
 class ConsumeLoop:
@@ -136,7 +138,7 @@ class ConsumeLoop:
         self.spec = spec
         self.producer = producer
         self.consumer = AIOKafkaConsumer(
-            *spec.topics,
+            *(() if spec.listener else spec.topics),
             bootstrap_servers=bootstrap,
             group_id=spec.group,
             enable_auto_commit=False,
@@ -148,6 +150,8 @@ class ConsumeLoop:
             session_timeout_ms=6000,
             heartbeat_interval_ms=500,
         )
+        if spec.listener is not None:
+            self.consumer.subscribe(topics=list(spec.topics), listener=spec.listener)
         self.ready = asyncio.Event()
 
     async def start(self) -> None:

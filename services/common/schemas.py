@@ -139,9 +139,10 @@ class FenceFailed(HostEvent):
 class HostCommand(Message):
     """An operator's command to the detector (from the API): put a host into or out of
     maintenance, confirm it is powered off (the `manual` fence), or evacuate an isolated
-    host anyway."""
+    host anyway. It travels with the host's heartbeats (same topic, same key) so that the
+    detector that owns the host's partition, and only it, applies it in order."""
 
-    TOPIC = Topic.HOST_EVENTS
+    TOPIC = Topic.HEARTBEATS
     host: str
     command: Literal["maintenance", "enable", "confirm_off", "force_down"]
     requested_by: str = "operator"
@@ -255,7 +256,8 @@ class RebuildResult(Message):
 
 
 class CleanupResult(Message):
-    TOPIC = Topic.RESULTS
+    # Sent with the host's heartbeats: the detector that owns the host ends its return.
+    TOPIC = Topic.HEARTBEATS
     host: str
     destroyed: tuple[str, ...]
     errors: tuple[str, ...] = ()

@@ -10,6 +10,7 @@ import logging
 import re
 import time
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import asyncpg
@@ -57,6 +58,7 @@ from services.detector.failure_detector import (
     step_host,
 )
 from services.detector.fencing import FenceOutcome, Fencer, registry
+from services.detector.ownership import Ownership, host_partition
 from services.detector.storage import StorageHeartbeatScanner
 
 log = logging.getLogger("services.detector")
@@ -65,8 +67,6 @@ SOURCE = "detector"
 
 def timings_for(s: DetectorSettings) -> Timings:
     base = Timings.aggressive() if s.profile == "aggressive" else Timings.production()
-    from dataclasses import replace
-
     return replace(base, heartbeat_interval=s.heartbeat_interval, misses_before_suspect=s.misses_before_suspect,
                    storage_timeout=max(base.storage_timeout, 2.5 * s.heartbeat_interval))
 
@@ -84,16 +84,19 @@ class Detector:
         self.effects: asyncio.Queue[tuple[Effect, dict[str, HostRecord]]] = asyncio.Queue()
         self.producer = Producer(settings.kafka_bootstrap, SOURCE)
         self.pool: asyncpg.Pool | None = None
+        # Several detectors split the hosts by the partitions of evacuate.heartbeats: each
+        # judges only the hosts whose partition it owns (commands and cleanup results come
+        # on that same partition), loaded from PostgreSQL when the partition is assigned.
+        self.owned: set[int] = set()
         self.heartbeats = _HeartbeatLoop(self, settings.kafka_bootstrap, ConsumerSpec(
-            name="detector", group="detector",
-            topics=(str(Topic.HEARTBEATS), str(Topic.RESULTS), str(Topic.HOST_EVENTS)),
+            name="detector", group="detector", topics=(str(Topic.HEARTBEATS),),
             handler=self.on_message, types=frozenset({"HostHeartbeat", "CleanupResult", "HostCommand"}),
+            listener=Ownership(self),
         ), self.producer, settings.fetch_max_wait_ms)
 
     async def main(self) -> None:
         await retry_start("database", lambda: migrate(self.s.database_url))
         self.pool = await connect_pool(self.s.database_url, max_size=4)
-        await self.load()
         await retry_start("broker", lambda: ensure_topics(self.s.kafka_bootstrap))
         await retry_start("producer", self.producer.start)
         await retry_start("heartbeat consumer", self.heartbeats.start)
@@ -106,22 +109,29 @@ class Detector:
             await self.producer.stop()
             await self.pool.close()
 
-    async def load(self) -> None:
-        """Resume from PostgreSQL. Hosts that were up get a fresh window to heartbeat:
-        the time this detector was away is not their silence."""
+    async def take_partitions(self, partitions: set[int], total: int) -> None:
+        """Resume the hosts of newly owned partitions from PostgreSQL. Hosts that were up
+        get a fresh window to heartbeat: the time nobody watched them is not their silence."""
         assert self.pool is not None
+        self.owned |= partitions
         now = time.time()
-        hosts = {}
+        taken = 0
         for r in await self.pool.fetch("SELECT name, detector, fence_target FROM hosts WHERE detector IS NOT NULL"):
+            if host_partition(r["name"], total) not in partitions or r["name"] in self.hosts:
+                continue
             rec = HostRecord.from_dict(r["detector"])
             if rec.state in (HostState.up, HostState.suspect):
-                from dataclasses import replace
-
                 rec = replace(rec, last_heartbeat=now)
-            hosts[r["name"]] = rec
+            self.hosts[r["name"]] = rec
             self.fence_targets[r["name"]] = r["fence_target"]
-        self.hosts = hosts
-        log.info("resumed %d hosts from the database", len(hosts))
+            taken += 1
+        log.info("owning heartbeat partitions %s: resumed %d hosts from the database", sorted(self.owned), taken)
+
+    def drop_partitions(self, partitions: set[int], total: int) -> None:
+        """Another detector owns these hosts now; their records are in PostgreSQL."""
+        self.owned -= partitions
+        for name in [n for n in self.hosts if host_partition(n, total) in partitions]:
+            del self.hosts[name]
 
     @property
     def state(self) -> DetectorState:

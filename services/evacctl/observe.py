@@ -22,7 +22,8 @@ class ClusterView:
             auto_offset_reset="latest", fetch_max_wait_ms=10, enable_auto_commit=False,
         )
         self.reports: dict[str, InstanceReport] = {}
-        self.report_time: dict[str, float] = {}
+        self.report_time: dict[str, float] = {}  # when the newest report arrived here
+        self.report_at: dict[str, float] = {}  # when its host sent it (a buffered report arrives late)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -39,12 +40,13 @@ class ClusterView:
     async def _run(self) -> None:
         async for record in self.consumer:
             try:
-                _, msg = decode(record.value)
+                env, msg = decode(record.value)
             except BadMessage:
                 continue
             if isinstance(msg, InstanceReport):
                 self.reports[msg.host] = msg
                 self.report_time[msg.host] = time.time()
+                self.report_at[msg.host] = env.at.timestamp()
 
     def where(self, vm_uuid: str, exclude: set[str] | None = None) -> list[tuple[str, DomainInfo]]:
         """Every host whose newest report has this VM defined."""
