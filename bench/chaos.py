@@ -34,6 +34,8 @@ def main() -> int:
               f"  {'; '.join(r.faults)}", flush=True)
         for v in r.violations:
             print(f"         VIOLATION: {v}", flush=True)
+        for u in r.unplaced:
+            print(f"         not evacuated (recorded): {u}", flush=True)
         bad += bool(r.violations)
         if r.recover_s is not None:
             times.append(r.recover_s)

@@ -41,6 +41,7 @@ class RunResult:
     lost: int = 0
     recover_s: float | None = None
     violations: list[str] = field(default_factory=list)
+    unplaced: list[str] = field(default_factory=list)
 
 
 class Recorder:
@@ -146,6 +147,7 @@ async def run_one(seed: int, scenario: str | None = None, hosts: int = 4, vms: i
             if dead_services:
                 checker.violations.add(f"service(s) died: {', '.join(dead_services)}")
             res.violations = list(checker.violations.items)
+            res.unplaced = list(checker.unplaced)
         finally:
             await conn.close()
             await producer.stop()

@@ -35,6 +35,7 @@ class InvariantChecker:
     returned: set[str] = field(default_factory=set)
     violations: Violations = field(default_factory=Violations)
     double_runs: set[str] = field(default_factory=set)
+    unplaced: list[str] = field(default_factory=list)  # not evacuated, with the recorded reason
 
     def sample(self, view: ClusterView) -> None:
         running: dict[str, list[str]] = {}
@@ -88,6 +89,7 @@ class InvariantChecker:
                 " AND status IN ('no_capacity', 'failed', 'ha_off', 'not_evacuable') ORDER BY created_at DESC LIMIT 1",
                 vm.uuid)
             if reason:
+                self.unplaced.append(f"{vm.name}: {reason}")
                 continue  # not evacuated, but recorded with its reason
             lost += 1
             where = ", ".join(f"{h} ({d.power_state})" for h, d in seen) or "nowhere"
