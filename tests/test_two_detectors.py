@@ -112,8 +112,10 @@ async def test_two_detectors_split_the_hosts_and_one_takes_over(stack: Stack, vi
         assert rest, "the dead detector owned no other host"
         stack.kill(f"executor-{rest[0]}")
         await _closed(conn, {rest[0]})
-        for vm in stack.vms[rest[0]]:
-            assert len(view.where(vm.uuid, {rest[0]})) == 1
+        deadline = time.monotonic() + 30  # the target's report follows the result
+        while not all(len(view.where(vm.uuid, {rest[0]})) == 1 for vm in stack.vms[rest[0]]):
+            assert time.monotonic() < deadline, [view.where(vm.uuid, {rest[0]}) for vm in stack.vms[rest[0]]]
+            await asyncio.sleep(0.1)
         seen = await drain(events, 2.0) + seen
         suspects = {e["data"]["host"] for e in seen  # type: ignore[index]
                     if e["type"] == "HostSuspect" and e["data"]["host"] in HOSTS}  # type: ignore[index]
