@@ -16,6 +16,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+# Re-exported: the inventory parts live in domain_info, every message is importable from here.
+from services.common.domain_info import Disk, DomainInfo, Nic, PowerState  # noqa: F401
 from services.common.errors import BadMessage
 
 
@@ -40,14 +42,6 @@ class Message(BaseModel):
         raise NotImplementedError
 
 
-class PowerState(StrEnum):
-    RUNNING = "running"
-    PAUSED = "paused"
-    SHUTOFF = "shutoff"
-    CRASHED = "crashed"
-    OTHER = "other"
-
-
 # --- executor -> detector / inventory -------------------------------------------------
 
 
@@ -61,33 +55,6 @@ class HostHeartbeat(Message):
 
     def key(self) -> str:
         return self.host
-
-
-class Disk(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    target: str
-    path: str
-    shared: bool
-
-
-class Nic(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    mac: str
-    ip: str | None = None
-
-
-class DomainInfo(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    uuid: str
-    name: str
-    power_state: PowerState
-    vcpus: int
-    memory_mib: int
-    disks: tuple[Disk, ...] = ()
-    nics: tuple[Nic, ...] = ()
-    evacuable: bool
-    not_evacuable_reason: str | None = None
-    xml: str
 
 
 class InstanceReport(Message):

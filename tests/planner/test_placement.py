@@ -333,58 +333,6 @@ def test_affinity_on_a_down_host_pulls_nothing() -> None:
     assert result.assignments[0].target == "h1"
 
 
-# --- operator-chosen target ------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("target", "problem"),
-    [
-        ("nope", "is unknown"),
-        ("f1", "is one of the failed hosts"),
-        ("d1", "is not up"),
-        ("x1", "is disabled"),
-    ],
-)
-def test_an_invalid_target_refuses_the_plan(target: str, problem: str) -> None:
-    hosts = [host("f1"), host("h1"), host("d1", up=False), host("x1", enabled=False)]
-    result = plan(["f1"], [vm("a")], hosts, policy=Policy(target=target))
-    assert result.assignments == ()
-    assert result.refused == f"target host {target!r} {problem}; choose an up, enabled host that did not fail"
-
-
-def test_a_target_without_room_for_all_instances_refuses_the_plan() -> None:
-    result = plan(["f1"], [vm("a"), vm("b")], [host("f1"), host("h1", memory_mib=6144)], policy=Policy(target="h1"))
-    assert result.assignments == ()
-    assert result.refused == (
-        "target host 'h1' cannot take the 2 instance(s) to evacuate: they need 4 vCPU / 8192 MiB RAM / 40 GiB disk, "
-        "it has 32 vCPU / 6144 MiB RAM / 500 GiB disk free (short of RAM); "
-        "choose a larger host or evacuate without a target"
-    )
-
-
-def test_a_valid_target_takes_every_instance_even_a_reserved_one() -> None:
-    hosts = [host("f1"), host("h1", memory_mib=65536), host("r1", reserved=True)]
-    result = plan(["f1"], [vm("a"), vm("b", ha=False)], hosts, policy=Policy(target="r1"))
-    assert result.refused is None
-    assert targets(result) == {"a": "r1", "b": None}
-    assert result.reserved_taken == ("r1",)
-    assert result.assignments[0].reason.startswith("r1: operator-chosen target (free 12288 MiB)")
-
-
-def test_a_target_still_respects_anti_affinity() -> None:
-    web = ServerGroup("web", GroupPolicy.ANTI_AFFINITY, frozenset({"a", "b"}))
-    hosts = [host("f1"), host("h1", memory_mib=65536)]
-    result = by_uuid(plan(["f1"], [vm("a"), vm("b")], hosts, [web], Policy(target="h1")))
-    assert result["a"].target == "h1"
-    assert result["b"].status is NO_CAPACITY
-    assert result["b"].reason == (
-        "target h1 cannot take 2 vCPU / 4096 MiB RAM / 20 GiB disk: holds a member of anti-affinity group web: h1"
-    )
-
-
-# --- input checks ----------------------------------------------------------------------
-
-
 def test_duplicate_hosts_instances_and_groups_are_refused() -> None:
     with pytest.raises(ValueError, match="host 'h1' is listed twice"):
         plan(["f1"], [], [host("h1"), host("h1")])
