@@ -4,8 +4,10 @@ Pure functions over strings."""
 from __future__ import annotations
 
 import os
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from xml.sax.saxutils import escape, unescape
 
 from services.common.errors import RebuildError
 from services.common.schemas import Disk, Nic
@@ -145,3 +147,55 @@ def same_identity(a: str, b: str) -> bool:
         return f.uuid, f.name, sorted(n.mac for n in f.nics), sorted((d.target, d.path) for d in f.disks)
 
     return identity(fa) == identity(fb)
+
+
+# Host-local parts of a domain. Everything else in an order's XML is the VM's identity and
+# is defined exactly as it came; these are the paths that name files of the host itself.
+
+_COMMENT = re.compile(r"<!--.*?-->", re.S)
+_EMULATOR = re.compile(r"<emulator(?:\s[^>]*)?>(.*?)</emulator\s*>", re.S)
+
+
+def _root(xml: str, step: str) -> ET.Element:
+    try:
+        return ET.fromstring(xml)
+    except ET.ParseError as exc:
+        raise RebuildError(step, f"malformed domain XML: {exc}") from None
+
+
+def emulator_of(xml: str) -> str | None:
+    """The ``<devices><emulator>`` path, or None when the domain names none (libvirt picks)."""
+    text = _root(xml, "validate").findtext("devices/emulator")
+    return None if text is None else text.strip()
+
+
+def with_emulator(xml: str, emulator: str) -> str:
+    """The same document, byte for byte, except the text of ``<devices><emulator>``."""
+    current = emulator_of(xml)
+    if current is None:
+        raise RebuildError("validate", "the domain XML has no <devices><emulator> to rewrite")
+    comments = [m.span() for m in _COMMENT.finditer(xml)]
+    found = [m for m in _EMULATOR.finditer(xml)
+             if not any(a <= m.start() < b for a, b in comments) and unescape(m.group(1)).strip() == current]
+    if len(found) != 1:
+        raise RebuildError("validate", f"cannot tell which of {len(found)} <emulator> elements to rewrite")
+    start, end = found[0].span(1)
+    return xml[:start] + escape(emulator) + xml[end:]
+
+
+def boot_files(xml: str) -> list[tuple[str, str]]:
+    """(element, path) of the host files a domain boots from: <kernel>, <initrd>, <loader>."""
+    os_el = _root(xml, "validate").find("os")
+    if os_el is None:
+        return []
+    return [(tag, (os_el.findtext(tag) or "").strip()) for tag in ("kernel", "initrd", "loader")
+            if (os_el.findtext(tag) or "").strip()]
+
+
+def config_drive_of(xml: str) -> str | None:
+    """The file behind the config-drive cdrom (serial config-2), or None when it has none."""
+    for d in _root(xml, "validate").findall("./devices/disk"):
+        if d.get("device") == "cdrom" and (d.findtext("serial") or "").strip() == CONFIG_DRIVE_SERIAL:
+            src = d.find("source")
+            return src.get("file") if src is not None and src.get("file") else None
+    return None

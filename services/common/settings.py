@@ -87,6 +87,10 @@ class TemplaterSettings(CommonSettings):
 class ExecutorSettings(CommonSettings):
     host: str = Field(default_factory=socket.gethostname, description="This compute host's name")
     libvirt_uri: str = Field("qemu:///system", description="libvirt connection URI")
+    emulator: str = Field(
+        "", description="This host's QEMU binary, written into the <emulator> of every domain defined here from "
+        "an order; empty: keep the order's, which must then exist on this host"
+    )
     shared_storage: str = Field(
         "/var/lib/evacuate/shared", description="Path of the shared storage, same on every host"
     )

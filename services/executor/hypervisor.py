@@ -43,7 +43,7 @@ def _start_event_loop() -> None:
 
 
 class Hypervisor:
-    def __init__(self, uri: str, shared_storage: str) -> None:
+    def __init__(self, uri: str, shared_storage: str, emulator: str = "") -> None:
         _start_event_loop()
         libvirt.registerErrorHandler(lambda *_: None, None)  # errors arrive as exceptions
         try:
@@ -52,6 +52,7 @@ class Hypervisor:
             raise RebuildError("connect", f"cannot open libvirt {uri}: {exc}") from None
         self.uri = uri
         self.shared_storage = shared_storage
+        self.emulator = emulator  # this host's QEMU binary for domains defined from orders; "": the order's
 
     def on_lifecycle(self, callback: Callable[[], None]) -> None:
         self.conn.domainEventRegisterAny(

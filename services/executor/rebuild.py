@@ -1,16 +1,31 @@
 """A rebuild as named steps (validate → take lease → define → attach config drive →
-start → verify), each timed and reported; on failure the lease is released."""
+start → verify), each timed and reported; on failure the lease is released.
+
+The order's XML is the VM as its old host defined it. Before it is defined here, the
+paths that name this host's own files are made this host's (``host_local``): the QEMU
+binary (``<emulator>``, EVACUATE_EMULATOR) and the config drive (a copy in this host's
+own config-drive folder). Everything else is defined exactly as it came."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import time
 from pathlib import Path
 
 from libvirt import VIR_DOMAIN_XML_INACTIVE, libvirtError
 
-from services.common.domain_xml import is_shared, parse_domain, same_identity, with_config_drive
+from services.common.domain_xml import (
+    boot_files,
+    config_drive_of,
+    emulator_of,
+    is_shared,
+    parse_domain,
+    same_identity,
+    with_config_drive,
+    with_emulator,
+)
 from services.common.errors import RebuildError
 from services.common.schemas import PowerState, RebuildOrder, Step
 from services.executor.hypervisor import Hypervisor
@@ -46,7 +61,8 @@ def rebuild(hv: Hypervisor, leases: LeaseStore, order: RebuildOrder, host: str,
         for disk in facts.disks:
             if disk.path.startswith("/") and not Path(disk.path).exists():  # network disks: "proto:name"
                 raise RebuildError(step, f"disk {disk.target} missing: {disk.path} does not exist on {host}")
-        steps.ok(step, t)
+        xml, rewritten = host_local(order, hv.emulator, host, config_drive_dir)
+        steps.ok(step, t, "; ".join(rewritten))
 
         existing = hv.lookup(order.instance_uuid)
         want_running = order.power_state in (PowerState.RUNNING, PowerState.PAUSED)
@@ -58,7 +74,6 @@ def rebuild(hv: Hypervisor, leases: LeaseStore, order: RebuildOrder, host: str,
             took_lease = True
             steps.ok(step, t)
 
-        xml = order.xml
         step, t = "define", time.perf_counter()
         if existing is not None:
             if not same_identity(existing.XMLDesc(VIR_DOMAIN_XML_INACTIVE), order.xml):
@@ -70,14 +85,20 @@ def rebuild(hv: Hypervisor, leases: LeaseStore, order: RebuildOrder, host: str,
             dom = hv.define(xml)
             steps.ok(step, t)
 
-        if order.config_drive_b64 or order.config_drive_path:
+        kept_drive = config_drive_of(xml)
+        path = config_drive_dir / f"{order.instance_uuid}.iso"
+        if order.config_drive_b64 or order.config_drive_path or (kept_drive and Path(kept_drive) != path):
             step, t = "attach-config-drive", time.perf_counter()
-            iso = base64.b64decode(order.config_drive_b64) if order.config_drive_b64 else staged_drive(order, hv)
+            if order.config_drive_b64:
+                iso, origin = base64.b64decode(order.config_drive_b64), "from the order"
+            elif order.config_drive_path:
+                iso, origin = staged_drive(order, hv), f"staged at {order.config_drive_path}"
+            else:  # the drive the VM had on its old host: the same bytes, in this host's folder
+                iso, origin = Path(kept_drive or "").read_bytes(), f"copied from {kept_drive}"
             config_drive_dir.mkdir(parents=True, exist_ok=True)
-            path = config_drive_dir / f"{order.instance_uuid}.iso"
             path.write_bytes(iso)
             dom = hv.define(with_config_drive(dom.XMLDesc(VIR_DOMAIN_XML_INACTIVE), str(path)))
-            steps.ok(step, t, f"{len(iso)} bytes sha256 {hashlib.sha256(iso).hexdigest()[:16]}")
+            steps.ok(step, t, f"{len(iso)} bytes sha256 {hashlib.sha256(iso).hexdigest()[:16]} {origin}")
 
         if want_running:
             step, t = "start", time.perf_counter()
@@ -98,6 +119,36 @@ def rebuild(hv: Hypervisor, leases: LeaseStore, order: RebuildOrder, host: str,
     except RebuildError as exc:
         _failed(hv, leases, order, steps, exc, t, took_lease)
         raise
+
+
+def host_local(order: RebuildOrder, emulator: str, host: str, config_drive_dir: Path) -> tuple[str, list[str]]:
+    """The order's XML with this host's QEMU binary, and what was rewritten. Refuses (step
+    validate) a domain that needs a host file this host does not have, naming it, instead
+    of leaving libvirt to fail at start with a less helpful message."""
+    xml, rewritten = order.xml, []
+    ordered = emulator_of(xml)
+    if ordered is not None and emulator and ordered != emulator:
+        xml = with_emulator(xml, emulator)
+        rewritten.append(f"emulator {ordered} -> {emulator}")
+    if ordered is not None:
+        used = emulator or ordered
+        if not os.access(used, os.X_OK):
+            why = "does not exist" if not os.path.exists(used) else "is not executable"
+            if emulator:
+                raise RebuildError("validate", f"emulator {used} (EVACUATE_EMULATOR) {why} on {host}")
+            raise RebuildError("validate", f"emulator {used} from the order {why} on {host}: set"
+                               " EVACUATE_EMULATOR to this host's QEMU binary")
+    for element, path in boot_files(xml):
+        if not Path(path).exists():
+            raise RebuildError("validate", f"<{element}> {path} does not exist on {host}")
+    kept = config_drive_of(xml)
+    if kept and not (order.config_drive_b64 or order.config_drive_path):
+        if not Path(kept).is_file():
+            raise RebuildError("validate", f"config drive {kept} does not exist on {host} and the order"
+                               " carries no new one")
+        if Path(kept) != config_drive_dir / f"{order.instance_uuid}.iso":
+            rewritten.append(f"config drive {kept} -> {config_drive_dir}")
+    return xml, rewritten
 
 
 def _failed(hv: Hypervisor, leases: LeaseStore, order: RebuildOrder, steps: Steps, exc: RebuildError,

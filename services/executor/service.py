@@ -39,7 +39,7 @@ class Executor:
     def __init__(self, settings: ExecutorSettings) -> None:
         self.s = settings
         self.host = settings.host
-        self.hv = Hypervisor(settings.libvirt_uri, settings.shared_storage)
+        self.hv = Hypervisor(settings.libvirt_uri, settings.shared_storage, emulator=settings.emulator)
         self.leases = LeaseStore(settings.shared_storage, self.host, timeout=2.5 * settings.heartbeat_interval)
         self.producer = Producer(settings.kafka_bootstrap, f"executor@{self.host}")
         # Heartbeats (bus and storage) and lease renewal have their own producer and their
