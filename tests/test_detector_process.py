@@ -25,6 +25,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import asyncpg
@@ -269,9 +270,9 @@ def _destroyed(stack: Stack, host: str) -> dict[str, float]:
         if not line.startswith("{"):
             continue
         rec = json.loads(line)
-        msg = str(rec.get("msg", ""))
+        msg = str(rec.get("message", ""))
         if msg.startswith("isolation: destroyed "):
-            out[msg.split()[2]] = float(rec["t"])
+            out[msg.split()[2]] = datetime.fromisoformat(rec["time"]).timestamp()
     return out
 
 

@@ -75,7 +75,7 @@ def owners(stack: Stack) -> dict[str, set[int]]:
         lines = [line for line in (stack.workdir / "logs" / f"{name}.log").read_text().splitlines()
                  if "owning heartbeat partitions" in line]
         if lines:
-            text = json.loads(lines[-1])["msg"]
+            text = json.loads(lines[-1])["message"]
             out[name] = {int(x) for x in text.split("[", 1)[1].split("]", 1)[0].split(",") if x.strip()}
     return out
 

@@ -16,7 +16,7 @@ try:
 except ConfigError as exc:
     print(f"error: {exc}", file=sys.stderr)
     raise SystemExit(2) from None
-setup_logging(settings.log_level, "services.api")
+setup_logging(settings.log_level, "services.api", settings.log_format)
 if not tokens.entries:
     logging.getLogger("services.api").warning("EVACUATE_API_TOKENS is empty: every request but /healthz and"
                                               " /metrics will be refused with 401")

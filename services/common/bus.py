@@ -16,6 +16,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from services.common import metrics
 from services.common.errors import BadMessage, InfraError
+from services.common.runtime import log_context
 from services.common.schemas import (
     DeadLetter,
     Envelope,
@@ -204,6 +205,14 @@ class ConsumeLoop:
             return
         if spec.types is not None and env.type not in spec.types:
             return
+        data = env.data
+        evacuation_id = data.get("evacuation_id")
+        host = data.get("host") or data.get("source")  # the host a message is about (the failed one for a plan)
+        with log_context(env.id, str(evacuation_id) if evacuation_id else None, str(host) if host else None):
+            await self._handle_decoded(record, env, msg)
+
+    async def _handle_decoded(self, record: ConsumerRecord, env: Envelope, msg: Message) -> None:
+        spec = self.spec
         attempt = 0
         backoff = 0.2
         while True:

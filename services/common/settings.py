@@ -31,6 +31,10 @@ class CommonSettings(BaseSettings):
         "which does not answer a waiting fetch early (see docs).",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log lines as text, or one JSON object per line (time, level, logger, message, "
+        "service, host, message_id, evacuation_id)"
+    )
     health_port: int = Field(0, ge=0, le=65535, description="Port of /healthz and /metrics; 0: off")
 
 

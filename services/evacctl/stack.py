@@ -101,6 +101,8 @@ class Stack:
             "EVACUATE_SHARED_STORAGE": str(self.shared_dir),
             "EVACUATE_API_PORT": str(self.api_port),
             "EVACUATE_API_TOKENS": env.get("EVACUATE_API_TOKENS") or f"admin:{self.api_token}",
+            # JSON lines unless asked otherwise: tests and tracebacks() read the logs back.
+            "EVACUATE_LOG_FORMAT": env.get("EVACUATE_LOG_FORMAT") or "json",
             "PYTHONUNBUFFERED": "1",
         })
         env.update(self.extra_env)
@@ -194,10 +196,20 @@ class Stack:
                 self.postgres.stop()
 
     def tracebacks(self) -> list[str]:
-        """Log lines of this stack's services that carry an error with a traceback."""
-        logs = sorted((self.workdir / "logs").glob("*.log"))
-        return [f"{p.name}: {line[:300]}" for p in logs for line in p.read_text(errors="replace").splitlines()
-                if '"level": "ERROR"' in line and "Traceback" in line]
+        """Log lines of this stack's services that carry an error with a traceback (JSON or text logs)."""
+        out = []
+        for p in sorted((self.workdir / "logs").glob("*.log")):
+            after_error = False
+            for line in p.read_text(errors="replace").splitlines():
+                if line.startswith("{"):
+                    if '"level": "ERROR"' in line and "Traceback" in line:
+                        out.append(f"{p.name}: {line[:300]}")
+                elif line.startswith("Traceback (most recent call last)"):
+                    if after_error:
+                        out.append(f"{p.name}: {line[:300]}")
+                elif line and not line.startswith(" "):
+                    after_error = " ERROR " in line
+        return out
 
     def dead_services(self) -> list[str]:
         return [n for n, p in self.procs.items() if p.poll() is not None]

@@ -3,5 +3,5 @@ from services.common.settings import ExecutorSettings, load_or_exit
 from services.executor.service import amain
 
 settings = load_or_exit(ExecutorSettings)
-setup_logging(settings.log_level, "services.executor")
+setup_logging(settings.log_level, "services.executor", settings.log_format, settings.host)
 run(lambda: amain(settings), settings, "executor")

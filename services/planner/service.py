@@ -18,7 +18,7 @@ from services.common.bus import ConsumeLoop, ConsumerSpec, Producer, ensure_topi
 from services.common.db import already_processed, audit, connect_pool, migrate
 from services.common.errors import BadMessage
 from services.common.outbox import OutboxRelay, emit
-from services.common.runtime import gather_forever, require_infra, retry_start
+from services.common.runtime import LOG_EVACUATION_ID, gather_forever, require_infra, retry_start
 from services.common.schemas import (
     Assignment,
     CleanupOrder,
@@ -151,6 +151,7 @@ class Planner:
                         host=source)
             return
         evac_id = uuid.uuid4()
+        LOG_EVACUATION_ID.set(str(evac_id))  # the rest of this message's lines are about it (reset by the loop)
         host = await conn.fetchrow("SELECT state FROM hosts WHERE name = $1", source)
         refused = None
         if host is None:
