@@ -105,13 +105,16 @@ class FenceFailed(HostEvent):
 
 class HostCommand(Message):
     """An operator's command to the detector (from the API): put a host into or out of
-    maintenance, confirm it is powered off (the `manual` fence), or evacuate an isolated
-    host anyway. It travels with the host's heartbeats (same topic, same key) so that the
+    maintenance, confirm it is powered off (the `manual` fence), evacuate an isolated
+    host anyway, or suspect it (an outside monitor reported it stopped: the detector
+    still needs a fence or expired leases before NodeDown). Version 2 adds `suspect`.
+    It travels with the host's heartbeats (same topic, same key) so that the
     detector that owns the host's partition, and only it, applies it in order."""
 
     TOPIC = Topic.HEARTBEATS
+    VERSION = 2
     host: str
-    command: Literal["maintenance", "enable", "confirm_off", "force_down"]
+    command: Literal["maintenance", "enable", "confirm_off", "force_down", "suspect"]
     requested_by: str = "operator"
 
     def key(self) -> str:
@@ -122,13 +125,18 @@ class HostCommand(Message):
 
 
 class EvacuationRequested(Message):
-    """A manual evacuation from an operator. Shares the planner path with NodeDown."""
+    """A manual evacuation from an operator. Shares the planner path with NodeDown.
+    Named instances are moved even with HA off (HA means "automatically"). Version 2:
+    `leave_stopped` rebuilds every instance stopped, whatever its power state was
+    (Nova's evacuate from microversion 2.95)."""
 
     TOPIC = Topic.PLANS
+    VERSION = 2
     host: str
     target: str | None = None
     instances: tuple[str, ...] = ()  # empty: every HA instance of the host
     requested_by: str = "operator"
+    leave_stopped: bool = False
 
     def key(self) -> str:
         return self.host

@@ -138,6 +138,14 @@ def _leases_expired(rec: HostRecord, at: float, t: Timings) -> bool:
     return _elapsed(at, rec.last_storage_heartbeat, t.lease_expiry)
 
 
+def _heartbeat_missed(rec: HostRecord, at: float, t: Timings) -> bool:
+    """At least one bus heartbeat is overdue. Always true for a host that went suspect on
+    its own (it missed several); a host suspected on an outside report is judged only once
+    it missed one too, so a live host's next heartbeat clears the report first."""
+    ref = rec.last_heartbeat if rec.last_heartbeat is not None else rec.since
+    return at - ref > t.heartbeat_interval + EPSILON
+
+
 def _bus_silent(rec: HostRecord, at: float, t: Timings) -> bool:
     ref = rec.last_heartbeat if rec.last_heartbeat is not None else rec.since
     return at - ref > t.suspect_after + EPSILON
@@ -198,7 +206,8 @@ def _judge(rec: HostRecord, at: float, t: Timings) -> Step:
         reason = f"{int((at - ref) / t.heartbeat_interval + EPSILON)} heartbeats missed"
         new, effects = _transition(rec, S.suspect, at, reason)
         return new, [*effects, Publish("HostSuspect", rec.name, reason)]
-    if rec.state == S.suspect and _elapsed(at, rec.since, t.suspect_grace):
+    if (rec.state == S.suspect and _elapsed(at, rec.since, t.suspect_grace)
+            and _heartbeat_missed(rec, at, t)):
         if _storage_alive(rec, at, t):
             reason = (f"bus heartbeats lost but storage heartbeat "
                       f"{_age(at, rec.last_storage_heartbeat)}")
@@ -314,6 +323,12 @@ def _operator(rec: HostRecord, ev: Operator, t: Timings) -> Step:
         # An operator's word cannot outweigh a heartbeat we just received.
         age = _age(at, rec.last_heartbeat).replace(" old", " ago")
         return rec, _ignored(rec, ev.host, f"operator {cmd}", f"last heartbeat {age}")
+    if cmd == "suspect":
+        if rec.state != S.up:
+            return rec, _ignored(rec, ev.host, "a report that it stopped", f"already {rec.state}")
+        new, effects = _transition(rec, S.suspect, at, "reported stopped by an outside monitor;"
+                                   " judged once a heartbeat is missed")
+        return new, [*effects, Publish("HostSuspect", rec.name, new.reason)]
     if cmd == "maintenance" and rec.state in (S.up, S.suspect, S.isolated):
         return _transition(rec, S.maintenance, at, "disabled by operator")
     if cmd == "enable" and rec.state == S.maintenance:

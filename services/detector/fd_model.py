@@ -276,13 +276,17 @@ class FenceResult:
     attempt: int | None = None
 
 
-OperatorCommand = Literal["maintenance", "enable", "confirm_off", "force_down"]
+OperatorCommand = Literal["maintenance", "enable", "confirm_off", "force_down", "suspect"]
 
 
 @dataclass(frozen=True)
 class Operator:
     """maintenance/enable: disable/enable a host. confirm_off: the manual fence, an
-    operator confirms the host is off. force_down: evacuate an isolated host anyway."""
+    operator confirms the host is off. force_down: evacuate an isolated host anyway.
+    suspect: an outside monitor (a Masakari notification) reports the host stopped; an
+    up host becomes suspect at once instead of after its missed heartbeats, and is then
+    judged as any suspect host: fenced, isolated or self-fenced, never evacuated on the
+    report alone."""
 
     host: str
     at: float
