@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -108,7 +109,7 @@ class Planner:
                                             f"NodeDown: {msg.reason}")
             elif isinstance(msg, EvacuationRequested):
                 await self.start_evacuation(conn, msg.host, "manual", env.id, msg.target, msg.instances,
-                                            f"requested by {msg.requested_by}")
+                                            f"requested by {msg.requested_by}", msg.leave_stopped)
             elif isinstance(msg, RebuildResult):
                 await self.on_result(conn, msg)
             elif isinstance(msg, NodeUp):
@@ -144,7 +145,8 @@ class Planner:
             await self.maybe_close(conn, item["evacuation_id"])
 
     async def start_evacuation(self, conn: asyncpg.Connection, source: str, trigger: str, trigger_id: str,
-                               target: str | None, only: tuple[str, ...], why: str) -> None:
+                               target: str | None, only: tuple[str, ...], why: str,
+                               leave_stopped: bool = False) -> None:
         await store.lock_planning(conn)
         if await store.open_evacuation(conn, source) is not None:
             await audit(conn, "evacuation-skipped", f"{trigger} for {source}: an evacuation is already running",
@@ -162,15 +164,16 @@ class Planner:
         records = await store.load_instances(conn, source, only) if refused is None else []
         hosts, methods = await store.load_hosts(conn)
         policy = Policy(recovery=methods, target=target)
-        result = plan([source], [store.instance_info(r) for r in records], hosts, await store.load_groups(conn),
-                      policy) if refused is None else None
+        # Instances an operator names are moved even with HA off: HA means "automatically".
+        infos = [replace(store.instance_info(r), ha=True) if only else store.instance_info(r) for r in records]
+        result = plan([source], infos, hosts, await store.load_groups(conn), policy) if refused is None else None
         if result is not None and result.refused:
             refused = result.refused
         await conn.execute(
-            "INSERT INTO evacuations (id, source, trigger, trigger_id, status, reason, target)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO evacuations (id, source, trigger, trigger_id, status, reason, target, leave_stopped)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             evac_id, source, trigger, uuid.UUID(trigger_id), "refused" if refused else "running",
-            refused or why, target,
+            refused or why, target, leave_stopped,
         )
         if refused or result is None:
             await audit(conn, "evacuation-refused", refused or "", host=source, evacuation_id=evac_id)
@@ -196,7 +199,7 @@ class Planner:
             await audit(conn, "placement", f"{a.instance_name}: {a.status}: {a.reason}", host=source,
                         evacuation_id=evac_id, data={"instance": a.instance_uuid, "target": a.target})
             if placed and a.target is not None:
-                assignments.append(self._assignment(by_uuid[a.instance_uuid], item_id, a.target, 1))
+                assignments.append(self._assignment(by_uuid[a.instance_uuid], item_id, a.target, 1, leave_stopped))
         log.info("evacuation %s of %s: %d to rebuild, %d not placed", evac_id, source, len(assignments),
                  len(result.assignments) - len(assignments))
         if assignments:
@@ -213,10 +216,12 @@ class Planner:
             await audit(conn, "reserved-host-taken", f"{name} received evacuated instances: no longer reserved",
                         host=name, evacuation_id=evac_id)
 
-    def _assignment(self, inst: asyncpg.Record, item_id: str, target: str, attempt: int) -> Assignment:
+    def _assignment(self, inst: asyncpg.Record, item_id: str, target: str, attempt: int,
+                    leave_stopped: bool) -> Assignment:
+        power = PowerState.SHUTOFF if leave_stopped else PowerState(inst["power_state"])
         return Assignment(
             item_id=item_id, instance_uuid=str(inst["uuid"]), instance_name=inst["name"], target=target,
-            attempt=attempt, xml=inst["xml"], power_state=PowerState(inst["power_state"]),
+            attempt=attempt, xml=inst["xml"], power_state=power,
             template=inst["template"], metadata=dict(inst["metadata"] or {}),
         )
 
@@ -276,8 +281,10 @@ class Planner:
             item["id"], a.target, attempt, excluded, steps, uuid.UUID(order_id(item_id, attempt)),
             f"attempt {attempt}: {a.reason} (after {host or 'an unknown host'} failed: {error})",
         )
+        stopped = bool(await conn.fetchval("SELECT leave_stopped FROM evacuations WHERE id=$1", item["evacuation_id"]))
         await emit(conn, EvacuationPlan(evacuation_id=str(item["evacuation_id"]), source=item["source"],
-                                        assignments=(self._assignment(inst, item_id, a.target, attempt),)), SOURCE)
+                                        assignments=(self._assignment(inst, item_id, a.target, attempt, stopped),)),
+                   SOURCE)
 
     async def maybe_close(self, conn: asyncpg.Connection, evac_id: Any) -> None:
         evac = await conn.fetchrow("SELECT * FROM evacuations WHERE id=$1 FOR UPDATE", evac_id)
@@ -316,7 +323,8 @@ class Planner:
                 inst = {r["instance_uuid"]: await conn.fetchrow("SELECT * FROM instances WHERE uuid=$1",
                                                                  r["instance_uuid"]) for r in rows}
                 await emit(conn, EvacuationPlan(evacuation_id=str(evac["id"]), source=evac["source"], assignments=tuple(
-                    self._assignment(inst[r["instance_uuid"]], str(r["id"]), r["target"], r["attempt"])
+                    self._assignment(inst[r["instance_uuid"]], str(r["id"]), r["target"], r["attempt"],
+                                     evac["leave_stopped"])
                     for r in rows)), SOURCE)
                 log.info("reconcile: re-published %d pending orders of evacuation %s", len(rows), evac["id"])
 
