@@ -29,7 +29,9 @@ class EvacuateIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     target: str | None = Field(None, min_length=1, max_length=255, description="Put every instance on this host")
     instances: list[uuid.UUID] = Field(default_factory=list, max_length=10_000,
-                                       description="Only these instances (default: every HA instance of the host)")
+                                       description="Only these instances, even with HA off (default: every HA "
+                                                   "instance of the host)")
+    leave_stopped: bool = Field(False, description="Rebuild the instances stopped, whatever their power state was")
 
 
 class Accepted(BaseModel):
@@ -42,7 +44,11 @@ class Accepted(BaseModel):
 @router.post("/hosts/{name}/evacuate", status_code=202, response_model=Accepted,
              summary="Request a manual evacuation of a host that is down, fencing or isolated")
 async def evacuate(name: str, body: EvacuateIn | None = None, db: asyncpg.Pool = POOL) -> Accepted:
-    body = body or EvacuateIn(target=None)
+    return await request_evacuation(db, name, body or EvacuateIn(target=None), "api:admin")
+
+
+async def request_evacuation(db: asyncpg.Pool, name: str, body: EvacuateIn, requested_by: str) -> Accepted:
+    """The one path of every manual evacuation (this API and the Nova front door)."""
     async with db.acquire() as conn, conn.transaction():
         host = await conn.fetchrow("SELECT name, state, state_reason FROM hosts WHERE name = $1 FOR SHARE", name)
         if host is None:
@@ -65,7 +71,8 @@ async def evacuate(name: str, body: EvacuateIn | None = None, db: asyncpg.Pool =
         if running is not None:
             raise HTTPException(409, f"an evacuation of {name} is already running: {running}")
         env = await emit(conn, EvacuationRequested(host=name, target=body.target, instances=tuple(wanted),
-                                                   requested_by="api:admin"), SOURCE)
+                                                   requested_by=requested_by, leave_stopped=body.leave_stopped),
+                         SOURCE)
         await audit(conn, "evacuation-requested", f"manual evacuation of {name} requested"
                     + (f" to {body.target}" if body.target else ""), host=name,
                     data={"message_id": env.id, "target": body.target, "instances": wanted})
