@@ -17,8 +17,9 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.api import commands, reads, templates
+from services.api import commands, dashboard, events, reads, templates
 from services.api.auth import TokenBook
+from services.api.event_hub import EventHub, consume
 from services.common.bus import Producer, ensure_topics
 from services.common.db import connect_pool, migrate
 from services.common.errors import InfraError
@@ -60,11 +61,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.producer = Producer(s.kafka_bootstrap, SOURCE)
     app.state.producer_started = False
     bus = asyncio.create_task(run_bus(app))
+    stream = asyncio.create_task(consume(app.state.events, s.kafka_bootstrap, s.fetch_max_wait_ms))
     try:
         yield
     finally:
         bus.cancel()
-        await asyncio.gather(bus, return_exceptions=True)
+        stream.cancel()
+        await asyncio.gather(bus, stream, return_exceptions=True)
         if app.state.producer_started:
             await app.state.producer.stop()
         try:  # the relay's LISTEN connection is never given back: do not wait for it for ever
@@ -121,6 +124,7 @@ def create_app(settings: ApiSettings, tokens: TokenBook | None = None) -> FastAP
                   lifespan=lifespan)
     app.state.settings = settings
     app.state.tokens = tokens if tokens is not None else TokenBook.parse(settings.api_tokens)
+    app.state.events = EventHub(queue_size=settings.api_sse_queue)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(HTTPException, on_http)
@@ -131,6 +135,8 @@ def create_app(settings: ApiSettings, tokens: TokenBook | None = None) -> FastAP
     app.include_router(reads.router)
     app.include_router(commands.router)
     app.include_router(templates.router)
+    app.include_router(events.router)
+    app.include_router(dashboard.router)
 
     @app.middleware("http")
     async def count(request: Request, call_next: Any) -> Response:

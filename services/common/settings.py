@@ -123,6 +123,13 @@ class ApiSettings(CommonSettings):
     api_tokens: str = Field(
         "", description="Bearer tokens as role:token pairs, comma-separated (roles: admin, reader)"
     )
+    api_sse_keepalive: float = Field(
+        15.0, gt=0, le=300, description="Seconds between keepalive comments on an idle event stream"
+    )
+    api_sse_queue: int = Field(
+        256, ge=1, le=100_000, description="Events buffered per stream client; one that falls this far behind is"
+        " dropped (told it lagged)"
+    )
 
 
 S = TypeVar("S", bound=CommonSettings)

@@ -1,4 +1,5 @@
-"""The status API's HTTP client for `evacctl`: one request function, two errors.
+"""The status API's HTTP client for `evacctl`: one request function, two errors, and a
+reader of the event stream (Server-Sent Events).
 
 ApiUnreachable  nothing answers at the URL (evacctl exits 3)
 ApiError        the API answered 4xx/5xx; carries its one-line message (evacctl exits 1)
@@ -6,8 +7,10 @@ ApiError        the API answered 4xx/5xx; carries its one-line message (evacctl 
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -77,3 +80,66 @@ class ApiClient:
 
     def put(self, path: str, body: Any) -> Any:
         return self.request("PUT", path, json=body)
+
+    def events(self, read_timeout: float = 60.0, last_event_id: str | None = None) -> Iterator[SseEvent]:
+        """The live event stream, comments (keepalives) included, until the server ends it;
+        raises ApiUnreachable / ApiError like ``request``."""
+        headers = {"Accept": "text/event-stream"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        if last_event_id:
+            headers["Last-Event-ID"] = last_event_id
+        timeout = httpx.Timeout(self.timeout, read=read_timeout)
+        try:
+            with httpx.Client(base_url=self.url, timeout=timeout, headers=headers) as http, \
+                    http.stream("GET", "/v1/events/stream") as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise ApiError(response.status_code, error_message(response))
+                parser = SseParser()
+                for line in response.iter_lines():
+                    event = parser.feed(line)
+                    if event is not None:
+                        yield event
+        except httpx.TransportError as exc:
+            raise ApiUnreachable(self.url, str(exc) or type(exc).__name__) from None
+
+
+@dataclass
+class SseEvent:
+    event: str = "message"  # "comment" for a comment line (the server's keepalive)
+    data: str = ""
+    id: str | None = None
+
+    def json(self) -> Any:
+        return json.loads(self.data)
+
+
+@dataclass
+class SseParser:
+    """Server-Sent Events, line by line (the WHATWG event-stream format): ``feed`` returns
+    an event when a blank line ends one, and every comment line as its own event."""
+
+    _data: list[str] = field(default_factory=list)
+    _event: str = ""
+    _id: str | None = None
+
+    def feed(self, line: str) -> SseEvent | None:
+        line = line.rstrip("\r\n")
+        if not line:
+            if not self._data and not self._event:
+                return None
+            out = SseEvent(self._event or "message", "\n".join(self._data), self._id)
+            self._data, self._event = [], ""
+            return out
+        if line.startswith(":"):
+            return SseEvent("comment", line[1:].strip())
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        elif name == "id" and "\0" not in value:
+            self._id = value  # the last id seen sticks, as in a browser
+        return None
