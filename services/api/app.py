@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.api import commands, dashboard, events, reads, templates
+from services.api import commands, dashboard, events, openstack, reads, templates
 from services.api.auth import TokenBook
 from services.api.event_hub import EventHub, consume
 from services.common.bus import Producer, ensure_topics
@@ -137,6 +137,9 @@ def create_app(settings: ApiSettings, tokens: TokenBook | None = None) -> FastAP
     app.include_router(templates.router)
     app.include_router(events.router)
     app.include_router(dashboard.router)
+    app.add_exception_handler(openstack.Fault, openstack.on_fault)  # only the OpenStack routes raise it
+    for router in openstack.ROUTERS:
+        app.include_router(router)
 
     @app.middleware("http")
     async def count(request: Request, call_next: Any) -> Response:
