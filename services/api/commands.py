@@ -75,7 +75,8 @@ async def request_evacuation(db: asyncpg.Pool, name: str, body: EvacuateIn, requ
                          SOURCE)
         await audit(conn, "evacuation-requested", f"manual evacuation of {name} requested"
                     + (f" to {body.target}" if body.target else ""), host=name,
-                    data={"message_id": env.id, "target": body.target, "instances": wanted})
+                    data={"message_id": env.id, "target": body.target, "instances": wanted,
+                          "leave_stopped": body.leave_stopped, "requested_by": requested_by})
     return Accepted(message_id=env.id, host=name, target=body.target, instances=wanted)
 
 

@@ -134,12 +134,12 @@ async def update_service(request: Request, service_id: str, v: tuple[int, int] =
     data = await json_object(request)
     if v < (2, 53):
         return await legacy_update(request, service_id, data, v, db)
+    row = await by_uuid(db, service_id)
     body = validated(ServiceUpdate, data, "service")
     if body.status is None and body.forced_down is None:
         raise Fault(400, "Must specify 'status' or 'forced_down' (or both)")
     if body.disabled_reason is not None and body.status != "disabled":
         raise Fault(400, "Specifying 'disabled_reason' with status other than 'disabled' is not allowed.")
-    row = await by_uuid(db, service_id)
     if body.status is not None:
         await set_status(db, row["name"], body.status == "enabled", body.disabled_reason)
     if body.forced_down is not None:
