@@ -15,12 +15,48 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import asyncpg
+
 from services.evacctl.demo import follow, wait_ready
 from services.evacctl.observe import ClusterView
 from services.evacctl.stack import Stack
 
 
-async def one(vms: int, hosts: int) -> tuple[float | None, bool, float]:
+def cpu_seconds(stack: Stack) -> dict[str, float]:
+    """User + system CPU time of every live service process, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for name, proc in stack.procs.items():
+        try:
+            fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[name] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+async def print_stages(database_url: str, killed_at: float) -> None:
+    """Where the time went: first and last audit line of each kind, relative to the kill."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT kind, count(*) AS n, min(at) AS first, max(at) AS last FROM audit WHERE at >= to_timestamp($1)"
+            " GROUP BY kind ORDER BY min(at)", killed_at)
+        steps = await conn.fetch(
+            "SELECT s->>'name' AS name, count(*) AS n, avg((s->>'seconds')::float) AS mean,"
+            " max((s->>'seconds')::float) AS worst FROM evacuation_items, jsonb_array_elements(steps) s"
+            " GROUP BY 1 ORDER BY 3 DESC")
+    finally:
+        await conn.close()
+    for r in steps:
+        print(f"    step {r['name']:<17} x{r['n']:<5} mean {r['mean'] * 1000:7.1f} ms"
+              f"  worst {r['worst'] * 1000:7.1f} ms")
+    for r in rows:
+        print(f"    {r['kind']:<22} x{r['n']:<5} first +{r['first'].timestamp() - killed_at:6.2f}s"
+              f"  last +{r['last'].timestamp() - killed_at:6.2f}s")
+
+
+async def one(vms: int, hosts: int, stages: bool = False) -> tuple[float | None, bool, float]:
     workdir = Path(tempfile.mkdtemp(prefix="evacuate-bench-"))
     stack = Stack(workdir, fresh_database=True)
     try:
@@ -35,11 +71,18 @@ async def one(vms: int, hosts: int) -> tuple[float | None, bool, float]:
         try:
             await wait_ready(stack, view, hosts, hosts * vms, timeout=120)
             await asyncio.sleep(1.0)
+            cpu_before = cpu_seconds(stack)
             killed = stack.kill("executor-h1")
             out = await follow(stack, view, "h1", killed, timeout=120, live=False)
+            cpu_after = cpu_seconds(stack)
         finally:
             await view.stop()
         detection = 3 * stack.heartbeat_interval
+        if stages:
+            await print_stages(stack.database_url, killed)
+            used = {n: cpu_after[n] - cpu_before.get(n, 0.0) for n in cpu_after}
+            print("    CPU seconds from the kill to the end, by process (load-independent): "
+                  + ", ".join(f"{n} {v:.2f}" for n, v in sorted(used.items(), key=lambda kv: -kv[1])))
         return out.seconds, out.ok, detection
     finally:
         stack.stop()
@@ -51,12 +94,13 @@ def main() -> None:
     ap.add_argument("--vms", type=int, nargs="+", default=[10, 100])
     ap.add_argument("--hosts", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--stages", action="store_true", help="print when each audit kind first/last happened")
     args = ap.parse_args()
     os.environ.setdefault("EVACUATE_LOG_LEVEL", "WARNING")
     print(f"{'VMs on failed host':>18} {'run':>4} {'recovered (s)':>14} {'detection timeout (s)':>22} {'ratio':>6} ok")
     for vms in args.vms:
         for r in range(args.repeat):
-            seconds, ok, detection = asyncio.run(one(vms, args.hosts))
+            seconds, ok, detection = asyncio.run(one(vms, args.hosts, args.stages))
             ratio = f"{seconds / detection:.2f}" if seconds is not None else "-"
             shown = f"{seconds:.2f}" if seconds is not None else "timeout"
             print(f"{vms:>18} {r + 1:>4} {shown:>14} {detection:>22.1f} {ratio:>6} {ok}")

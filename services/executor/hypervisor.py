@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import libvirt
 
-from services.common.domain_xml import parse_domain
+from services.common.domain_xml import DomainFacts, parse_domain
 from services.common.errors import RebuildError
 from services.common.schemas import DomainInfo, PowerState
 
@@ -53,6 +53,9 @@ class Hypervisor:
         self.uri = uri
         self.shared_storage = shared_storage
         self.emulator = emulator  # this host's QEMU binary for domains defined from orders; "": the order's
+        # parse_domain by inactive XML: a burst of lifecycle events re-reads every domain, but
+        # only a domain whose definition changed is parsed again.
+        self._facts: dict[str, DomainFacts] = {}
 
     def on_lifecycle(self, callback: Callable[[], None]) -> None:
         self.conn.domainEventRegisterAny(
@@ -68,10 +71,12 @@ class Hypervisor:
 
     def inventory(self) -> list[DomainInfo]:
         out = []
+        facts_by_xml: dict[str, DomainFacts] = {}
         for dom in sorted(self.conn.listAllDomains(), key=lambda d: d.name()):
             try:
                 xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
-                facts = parse_domain(xml, self.shared_storage)
+                facts = self._facts.get(xml) or parse_domain(xml, self.shared_storage)
+                facts_by_xml[xml] = facts
                 state = self.power_state(dom)
             except (libvirt.libvirtError, RebuildError) as exc:  # vanished meanwhile
                 log.debug("inventory skipped a domain: %s", exc)
@@ -81,6 +86,7 @@ class Hypervisor:
                 memory_mib=facts.memory_mib, disks=facts.disks, nics=facts.nics,
                 evacuable=facts.evacuable, not_evacuable_reason=facts.not_evacuable_reason, xml=xml,
             ))
+        self._facts = facts_by_xml
         return out
 
     def lookup(self, uuid: str) -> libvirt.virDomain | None:

@@ -37,7 +37,7 @@ from services.common.schemas import (
 )
 from services.common.settings import PlannerSettings
 from services.planner import store
-from services.planner.inventory import record_report
+from services.planner.inventory import SeenDomains, record_report
 from services.planner.placement import AssignmentStatus, Policy, plan
 
 log = logging.getLogger("services.planner")
@@ -61,6 +61,7 @@ class Planner:
         self.s = settings
         self.producer = Producer(settings.kafka_bootstrap, SOURCE)
         self.pool: asyncpg.Pool | None = None
+        self.seen = SeenDomains()
         self.inventory = ConsumeLoop(settings.kafka_bootstrap, ConsumerSpec(
             name="planner-inventory", group="planner-inventory", topics=(str(Topic.HEARTBEATS),),
             handler=self.on_report, types=frozenset({"InstanceReport"}),
@@ -94,7 +95,7 @@ class Planner:
     async def on_report(self, env: Envelope, msg: Message) -> None:
         assert isinstance(msg, InstanceReport) and self.pool is not None
         async with self.pool.acquire() as conn, conn.transaction():
-            await record_report(conn, msg, env.at)
+            await record_report(conn, msg, env.at, self.seen)
 
     # --- evacuations ----------------------------------------------------------------
 

@@ -43,6 +43,7 @@ def test_expired_lease_is_taken(site: Site) -> None:
     (site.shared / ".evacuate" / "leases").mkdir(parents=True, exist_ok=True)
     path = site.shared / ".evacuate" / "leases" / f"{vm.uuid}.lease"
     path.write_text(json.dumps({"holder": "h1", "renewed_at": time.time() - 60}))
+    os.utime(path, (time.time() - 60, time.time() - 60))  # a lease's time is its file's mtime
     target = site.target()
     _, state = rebuild(target, site.leases(), site.order(vm, site.xml(vm)), TARGET, site.root / "cd")
     assert state == PowerState.RUNNING
