@@ -101,6 +101,9 @@ async def consume(hub: EventHub, bootstrap: str, fetch_max_wait_ms: int, retry_s
     """Feed the hub for ever. The broker may be down when the API starts or later: the
     API keeps serving (the stream then only sends keepalives) and this retries."""
     group = group_id()
+    # Off the recovery path: a tenth of a second is quick enough for people, and on the
+    # embedded broker every empty fetch costs CPU.
+    fetch_max_wait_ms = max(fetch_max_wait_ms, 100)
     while True:
         consumer = AIOKafkaConsumer(
             *(str(t) for t in TOPICS), bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="latest",

@@ -49,6 +49,8 @@ def slim(value: Any) -> Any:
 def text_of(msg: Message) -> str:
     """One line for people: what happened, to which host or instance, and why."""
     if isinstance(msg, NodeDown):
+        if msg.fenced_by in msg.reason:
+            return f"{msg.host} down: {msg.reason}"
         return f"{msg.host} down: fenced by {msg.fenced_by} ({msg.reason})"
     if isinstance(msg, FenceFailed):
         return f"fencing {msg.host} failed (attempt {msg.attempt}): {msg.reason}"

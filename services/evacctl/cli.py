@@ -224,6 +224,25 @@ def wait_closed(client: ApiClient, message_id: str, timeout: float) -> dict[str,
     return None
 
 
+@app.command("watch")
+def watch_command(once: bool = typer.Option(False, "--once", help="Print one snapshot and exit"),
+                  seconds: float = typer.Option(None, "--for", min=0, help="Stop after SECONDS (default: Ctrl-C)"),
+                  stream: bool = typer.Option(True, "--stream/--no-stream",
+                                              help="Follow the API's event stream, or only poll"),
+                  poll: float = typer.Option(2.0, "--poll", min=0.2, help="Seconds between reads when polling"),
+                  output: Output = OUTPUT, api_url: str = API_URL, token: str = TOKEN) -> None:
+    """Host states and evacuation progress, live (fed by the API's event stream; polls if it is unavailable).
+    With --output json: the events as JSON lines."""
+    from services.evacctl.watch import watch
+
+    with api_errors():
+        try:
+            watch(ApiClient(api_url, token), console, once=once, seconds=seconds, as_json=output is Output.JSON,
+                  stream=stream, poll=poll)
+        except KeyboardInterrupt:
+            pass
+
+
 def _host_command(action: str, doc: str) -> None:
     def command(host: str, api_url: str = API_URL, token: str = TOKEN) -> None:
         with api_errors():

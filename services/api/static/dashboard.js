@@ -126,6 +126,8 @@ function timelineOf(evac) {
   const start = Date.parse(evac.created_at) - HOST_WINDOW_MS;
   const end = evac.completed_at ? Date.parse(evac.completed_at) + 1000 : Infinity;
   const rows = [];
+  const names = {};
+  for (const i of (state.details[evac.id] || {}).items || []) names[i.instance_uuid] = i.instance_name;
   for (const a of (state.details[evac.id] || {}).audit || []) {
     rows.push({ at: a.at, kind: a.kind, text: a.detail, from: "audit" });
   }
@@ -134,7 +136,9 @@ function timelineOf(evac) {
     const mine = e.evacuation_id === evac.id ||
       (e.kind === "host" && e.host === evac.source && t >= start && t <= end) ||
       (e.type === "EvacuationRequested" && e.host === evac.source && t >= start && t <= end);
-    if (mine) rows.push({ at: e.at, kind: e.type, text: e.text, from: "event" });
+    const uuid = e.data && e.data.instance_uuid;
+    const text = uuid && names[uuid] ? e.text.replace(uuid, names[uuid]) : e.text;
+    if (mine) rows.push({ at: e.at, kind: e.type, text: text, from: "event" });
   }
   rows.sort((a, b) => Date.parse(a.at) - Date.parse(b.at));
   return el("ol", { class: "timeline", "data-timeline": evac.id },
