@@ -22,7 +22,8 @@ from services.common.schemas import (
     Envelope,
     Message,
     Topic,
-    decode,
+    decode_body,
+    decode_envelope,
     encode,
     wrap,
 )
@@ -124,6 +125,9 @@ class ConsumerSpec:
     auto_offset_reset: str = "earliest"
     max_handler_attempts: int = 3
     listener: ConsumerRebalanceListener | None = None  # told which partitions this member owns
+    # None: the service's setting. A consumer off the recovery path (inventory, live
+    # stream) polls less often: on the embedded broker every empty fetch costs CPU.
+    fetch_max_wait_ms: int | None = None
 
 
 class ConsumeLoop:
@@ -144,7 +148,7 @@ class ConsumeLoop:
             group_id=spec.group,
             enable_auto_commit=False,
             auto_offset_reset=spec.auto_offset_reset,
-            fetch_max_wait_ms=fetch_max_wait_ms,
+            fetch_max_wait_ms=spec.fetch_max_wait_ms or fetch_max_wait_ms,
             max_poll_records=500,
             # A replaced (crashed) member is noticed sooner: a restarted service rejoins in
             # ~4 s instead of ~8 s on the embedded broker (6 s is Kafka's minimum session).
@@ -199,11 +203,12 @@ class ConsumeLoop:
         if spec.key is not None and (record.key or b"").decode(errors="replace") != spec.key:
             return
         try:
-            env, msg = decode(record.value)
+            env = decode_envelope(record.value)
+            if spec.types is not None and env.type not in spec.types:
+                return  # not ours: its own consumer validates (and, if bad, dead-letters) its body
+            msg = decode_body(env)
         except BadMessage as exc:
             await self.producer.dead_letter(record, str(exc), spec.name)
-            return
-        if spec.types is not None and env.type not in spec.types:
             return
         data = env.data
         evacuation_id = data.get("evacuation_id")

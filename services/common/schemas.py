@@ -341,6 +341,14 @@ def encode(envelope: Envelope) -> bytes:
 
 def decode(raw: bytes | None) -> tuple[Envelope, Message]:
     """Parse bytes off the bus. Raises BadMessage with a reason for anything unusable."""
+    env = decode_envelope(raw)
+    return env, decode_body(env)
+
+
+def decode_envelope(raw: bytes | None) -> Envelope:
+    """The envelope alone, its type known and its version readable: a consumer that does
+    not handle this type skips it without validating a body it will not use (an
+    InstanceReport carries every domain's XML)."""
     if raw is None:
         raise BadMessage("empty message (tombstone)")
     try:
@@ -359,11 +367,14 @@ def decode(raw: bytes | None) -> tuple[Envelope, Message]:
         raise BadMessage(
             f"{env.type} version {env.version} is not supported (this consumer reads versions 1 to {cls.VERSION})"
         )
+    return env
+
+
+def decode_body(env: Envelope) -> Message:
     try:
-        msg = cls.model_validate(env.data)
+        return MESSAGE_TYPES[env.type].model_validate(env.data)
     except ValidationError as exc:
         raise BadMessage(f"{env.type} fails its schema: {_first_error(exc)}") from None
-    return env, msg
 
 
 def _first_error(exc: ValidationError) -> str:

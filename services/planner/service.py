@@ -64,7 +64,7 @@ class Planner:
         self.seen = SeenDomains()
         self.inventory = ConsumeLoop(settings.kafka_bootstrap, ConsumerSpec(
             name="planner-inventory", group="planner-inventory", topics=(str(Topic.HEARTBEATS),),
-            handler=self.on_report, types=frozenset({"InstanceReport"}),
+            handler=self.on_report, types=frozenset({"InstanceReport"}), fetch_max_wait_ms=100,
         ), self.producer, settings.fetch_max_wait_ms)
         self.events = ConsumeLoop(settings.kafka_bootstrap, ConsumerSpec(
             name="planner", group="planner",
