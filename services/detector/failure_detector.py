@@ -138,12 +138,18 @@ def _leases_expired(rec: HostRecord, at: float, t: Timings) -> bool:
     return _elapsed(at, rec.last_storage_heartbeat, t.lease_expiry)
 
 
-def _heartbeat_missed(rec: HostRecord, at: float, t: Timings) -> bool:
-    """At least one bus heartbeat is overdue. Always true for a host that went suspect on
-    its own (it missed several); a host suspected on an outside report is judged only once
-    it missed one too, so a live host's next heartbeat clears the report first."""
+# A host suspected on an outside report is judged once it missed this many heartbeats (or
+# suspect_after, if shorter): by then the storage leases of its VMs have run out (the
+# executor's lease timeout is 2.5 heartbeat intervals), so a target can take them.
+REPORTED_MISSES = 3
+
+
+def _silent_enough(rec: HostRecord, at: float, t: Timings) -> bool:
+    """Always true for a host that went suspect on its own (silent for suspect_after). A
+    host suspected on an outside report waits for REPORTED_MISSES missed heartbeats: a live
+    host's heartbeat overrules the report first, and a dead one's leases have expired."""
     ref = rec.last_heartbeat if rec.last_heartbeat is not None else rec.since
-    return at - ref > t.heartbeat_interval + EPSILON
+    return at - ref > min(t.suspect_after, REPORTED_MISSES * t.heartbeat_interval) + EPSILON
 
 
 def _bus_silent(rec: HostRecord, at: float, t: Timings) -> bool:
@@ -207,7 +213,7 @@ def _judge(rec: HostRecord, at: float, t: Timings) -> Step:
         new, effects = _transition(rec, S.suspect, at, reason)
         return new, [*effects, Publish("HostSuspect", rec.name, reason)]
     if (rec.state == S.suspect and _elapsed(at, rec.since, t.suspect_grace)
-            and _heartbeat_missed(rec, at, t)):
+            and _silent_enough(rec, at, t)):
         if _storage_alive(rec, at, t):
             reason = (f"bus heartbeats lost but storage heartbeat "
                       f"{_age(at, rec.last_storage_heartbeat)}")
@@ -327,7 +333,7 @@ def _operator(rec: HostRecord, ev: Operator, t: Timings) -> Step:
         if rec.state != S.up:
             return rec, _ignored(rec, ev.host, "a report that it stopped", f"already {rec.state}")
         new, effects = _transition(rec, S.suspect, at, "reported stopped by an outside monitor;"
-                                   " judged once a heartbeat is missed")
+                                   f" judged after {REPORTED_MISSES} missed heartbeats")
         return new, [*effects, Publish("HostSuspect", rec.name, new.reason)]
     if cmd == "maintenance" and rec.state in (S.up, S.suspect, S.isolated):
         return _transition(rec, S.maintenance, at, "disabled by operator")

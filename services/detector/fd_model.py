@@ -284,9 +284,9 @@ class Operator:
     """maintenance/enable: disable/enable a host. confirm_off: the manual fence, an
     operator confirms the host is off. force_down: evacuate an isolated host anyway.
     suspect: an outside monitor (a Masakari notification) reports the host stopped; an
-    up host becomes suspect at once instead of after its missed heartbeats, and is then
-    judged as any suspect host: fenced, isolated or self-fenced, never evacuated on the
-    report alone."""
+    up host becomes suspect at once and is judged, as any suspect host (fenced, isolated
+    or self-fenced, never evacuated on the report alone), once it has missed
+    `REPORTED_MISSES` heartbeats instead of `misses_before_suspect`."""
 
     host: str
     at: float
