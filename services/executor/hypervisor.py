@@ -54,22 +54,21 @@ class Hypervisor:
         self.uri = uri
         self.shared_storage = shared_storage
         self.emulator = emulator  # this host's QEMU binary for domains defined from orders; "": the order's
-        if emulator:
-            self._probe(emulator)
-
-    def _probe(self, emulator: str) -> None:
-        """Have libvirt probe the configured QEMU binary now (seconds, on the first use of a
-        binary) rather than during the first evacuation; say at start when it is unusable."""
-        if not os.access(emulator, os.X_OK):
-            log.error("EVACUATE_EMULATOR %s is not an executable on this host: every rebuild here will fail", emulator)
-            return
-        try:
-            self.conn.getDomainCapabilities(emulator, None, None, None, 0)
-        except libvirt.libvirtError as exc:  # drivers without domain capabilities (test): nothing to warm
-            log.debug("domain capabilities of %s: %s", emulator, exc)
         # parse_domain by inactive XML: a burst of lifecycle events re-reads every domain, but
         # only a domain whose definition changed is parsed again.
         self._facts: dict[str, DomainFacts] = {}
+        self._probe(emulator)
+
+    def _probe(self, emulator: str) -> None:
+        """Have libvirt probe the QEMU binary now (seconds, on a driver's first use of a
+        binary) rather than during the first evacuation; say at start when it is unusable."""
+        if emulator and not os.access(emulator, os.X_OK):
+            log.error("EVACUATE_EMULATOR %s is not an executable on this host: every rebuild here will fail", emulator)
+            return
+        try:
+            self.conn.getDomainCapabilities(emulator or None, None, None, None, 0)
+        except libvirt.libvirtError as exc:  # drivers without domain capabilities (test): nothing to warm
+            log.debug("domain capabilities of %s: %s", emulator, exc)
 
     def on_lifecycle(self, callback: Callable[[], None]) -> None:
         self.conn.domainEventRegisterAny(
