@@ -44,7 +44,7 @@ class Accepted(BaseModel):
 @router.post("/hosts/{name}/evacuate", status_code=202, response_model=Accepted,
              summary="Request a manual evacuation of a host that is down, fencing or isolated")
 async def evacuate(name: str, body: EvacuateIn | None = None, db: asyncpg.Pool = POOL) -> Accepted:
-    return await request_evacuation(db, name, body or EvacuateIn(target=None), "api:admin")
+    return await request_evacuation(db, name, body or EvacuateIn.model_validate({}), "api:admin")
 
 
 async def request_evacuation(db: asyncpg.Pool, name: str, body: EvacuateIn, requested_by: str) -> Accepted:

@@ -110,7 +110,8 @@ async def test_evacuation_of_a_down_host_lands_on_the_plans_topic(client: httpx.
         assert found is not None, "the EvacuationRequested never reached evacuate.plans"
         key, env = found
         assert key == b"down1" and env["type"] == "EvacuationRequested" and env["source"] == "api"
-        assert env["data"] == {"host": "down1", "target": "up2", "instances": [VM_DOWN_1], "requested_by": "api:admin"}
+        assert env["data"] == {"host": "down1", "target": "up2", "instances": [VM_DOWN_1], "requested_by": "api:admin",
+                               "leave_stopped": False}
     finally:
         await consumer.stop()
     conn = await asyncpg.connect(api_settings.database_url)
