@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 MARKER = "EVACUATE-GUEST uuid="
@@ -77,12 +78,30 @@ def embed_root(root: Path) -> str:
     return f"qemu:///embed?root={root}"
 
 
-def kill_guests(root: Path) -> None:
-    """QEMU outlives the executor that embedded it: stop the guests it started, by pid."""
-    for pidfile in root.rglob("*.pid"):
-        try:
-            pid = int(pidfile.read_text().strip())
-            if "qemu-system" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace"):
-                subprocess.run(["kill", "-9", str(pid)], check=False)
-        except (OSError, ValueError):
+def guests_of(root: Path) -> list[int]:
+    """Pids of the QEMU processes started from this embedded root (its files are on their
+    command line), whatever the binary is called."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
             continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if f"{root}/" in cmd and state != "Z":
+            out.append(int(proc.name))
+    return out
+
+
+def kill_guests(root: Path) -> None:
+    """QEMU outlives the executor that embedded it: stop the guests it started, and wait
+    until they are gone."""
+    deadline = time.monotonic() + 10
+    while pids := guests_of(root):
+        for pid in pids:
+            subprocess.run(["kill", "-9", str(pid)], check=False)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"QEMU processes of {root} survive SIGKILL: {pids}")
+        time.sleep(0.05)
