@@ -9,7 +9,8 @@
 - ``COMPUTE_HOST`` ``STARTED``, ``INSTANCE`` and ``PROCESS`` are recorded and answered with
   status ``ignored`` and the reason: a starting host needs nothing (its heartbeats say
   so), and guests and processes on a host are the executor's, whose own heartbeat is
-  what the detector watches.
+  what the detector watches. So is a STOPPED report about a host that is not up (the
+  detector already handles it).
 - A report for a host in no segment is refused (400), for a host in maintenance (409),
   a duplicate within 180 s (409); one for a host of a disabled segment is ignored.
 """
@@ -92,7 +93,7 @@ async def fetch(db: asyncpg.Pool, notification_id: str) -> asyncpg.Record:
     return row
 
 
-def decide(body: NotificationIn, segment_enabled: bool) -> tuple[bool, str]:
+def decide(body: NotificationIn, segment_enabled: bool, host_state: str) -> tuple[bool, str]:
     """(send a suspect signal?, what the notification does), or Fault 400 for a bad payload."""
     event = body.payload.get("event")
     if body.type == "COMPUTE_HOST":
@@ -103,6 +104,8 @@ def decide(body: NotificationIn, segment_enabled: bool) -> tuple[bool, str]:
             return False, "host started: nothing to do, the detector sees its heartbeats"
         if not segment_enabled:
             return False, "the host's failover segment is disabled: no recovery"
+        if host_state != "up":
+            return False, f"the host is already {host_state}: the failure detector is handling it"
         return True, ("host failure reported: the detector suspects the host; it is evacuated only once fenced "
                       "or its storage leases expired, and not at all if its heartbeats resume")
     if body.type == "INSTANCE":
@@ -133,7 +136,7 @@ async def create(request: Request, v: tuple[int, int] = VERSION, db: asyncpg.Poo
                 generated - DUPLICATE_WINDOW, generated + DUPLICATE_WINDOW):
             raise Fault(409, f"Notification received from host {body.hostname} of type {body.type!r} is a duplicate "
                         f"of one generated within {DUPLICATE_WINDOW.seconds} s.")
-        signal, message = decide(body, host["enabled"])
+        signal, message = decide(body, host["enabled"], host["state"])
         nid = uuid.uuid4()
         signal_id = None
         if signal:

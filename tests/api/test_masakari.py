@@ -18,7 +18,8 @@ from openstack import exceptions as sdk_exc
 
 from tests.api.conftest import ADMIN, READER
 
-MS_HOSTS = [("ms-host1", "up"), ("ms-spare", "up"), ("ms-maint", "maintenance"), ("ms-other", "up")]
+MS_HOSTS = [("ms-host1", "up"), ("ms-spare", "up"), ("ms-maint", "maintenance"), ("ms-other", "up"),
+            ("ms-down", "down")]
 
 
 async def sql(url: str, query: str, *args: Any) -> list[asyncpg.Record]:
@@ -111,6 +112,12 @@ def test_notifications(ha_url: str, api_database: str) -> None:
     assert [x.type for x in ha.notifications(type="INSTANCE")] == ["INSTANCE"]
     one = ha.get_notification(n.notification_uuid)
     assert one.hostname == "ms-host1" and one.source_host_uuid == ha.get_host("ms-host1", seg.uuid).uuid
+
+    ha.create_host(seg.uuid, name="ms-down", type="COMPUTE", control_attributes="SSH")
+    late = ha.create_notification(type="COMPUTE_HOST", hostname="ms-down", generated_time=now, payload=stopped)
+    assert late.status == "ignored"  # the detector already has it: no second signal
+    assert "already down" in httpx.get(f"{ha_url}/notifications/{late.notification_uuid}",
+                                       headers={"X-Auth-Token": READER}).json()["notification"]["message"]
 
     with pytest.raises(sdk_exc.BadRequestException, match="ms-other could not be found"):
         ha.create_notification(type="COMPUTE_HOST", hostname="ms-other", generated_time=now, payload=stopped)
