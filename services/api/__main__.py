@@ -1,5 +1,6 @@
 import logging
 import sys
+from typing import Any
 
 import uvicorn
 
@@ -20,5 +21,16 @@ setup_logging(settings.log_level, "services.api", settings.log_format)
 if not tokens.entries:
     logging.getLogger("services.api").warning("EVACUATE_API_TOKENS is empty: every request but /healthz and"
                                               " /metrics will be refused with 401")
-uvicorn.run(create_app(settings, tokens), host=settings.api_host, port=settings.api_port, log_config=None,
-            access_log=False)
+app = create_app(settings, tokens)
+server = uvicorn.Server(uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_config=None,
+                                       access_log=False, timeout_graceful_shutdown=5))
+stop = server.handle_exit
+
+
+def handle_exit(sig: int, frame: Any) -> None:
+    app.state.events.close_soon()  # open event streams never end by themselves: end them, then stop
+    stop(sig, frame)
+
+
+server.handle_exit = handle_exit  # type: ignore[method-assign]
+server.run()

@@ -26,6 +26,7 @@ from services.common.schemas import decode
 log = logging.getLogger("services.api.events")
 
 LAGGED: dict[str, Any] = {"lagged": True}  # the marker put in a queue that overflowed
+CLOSED: dict[str, Any] = {"closed": True}  # the marker put in every queue when the API stops
 
 
 @dataclass(eq=False)
@@ -46,6 +47,8 @@ class EventHub:
     recent: deque[dict[str, Any]] = field(default_factory=deque)
     state: str = "starting"  # starting | ready | reconnecting
     dropped: int = 0  # subscribers dropped for lagging
+    closed: bool = False
+    loop: asyncio.AbstractEventLoop | None = None  # where subscribers wait (set by consume)
 
     def __post_init__(self) -> None:
         self.recent = deque(maxlen=self.recent_size)
@@ -53,6 +56,9 @@ class EventHub:
     def subscribe(self, types: Iterable[str] | None = None, last_id: str | None = None) -> Subscriber:
         """A new subscriber; with ``last_id`` (found in the ring) it first gets what came after it."""
         sub = Subscriber(asyncio.Queue(self.queue_size), frozenset(types) if types is not None else None)
+        if self.closed:
+            sub.queue.put_nowait(CLOSED)
+            return sub
         for event in self.since(last_id) if last_id else ():
             if sub.wants(event):
                 self._offer(sub, event)
@@ -78,6 +84,20 @@ class EventHub:
             if sub.wants(event):
                 self._offer(sub, event)
 
+    def close(self) -> None:
+        """End every stream: the server is stopping (an open stream would hold it up)."""
+        self.closed = True
+        for sub in list(self.subscribers):
+            while not sub.queue.empty():
+                sub.queue.get_nowait()
+            sub.queue.put_nowait(CLOSED)
+        self.subscribers.clear()
+
+    def close_soon(self) -> None:
+        """``close`` from a signal handler: run it in the event loop."""
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.close)
+
     def _offer(self, sub: Subscriber, event: dict[str, Any]) -> None:
         try:
             sub.queue.put_nowait(event)
@@ -97,13 +117,15 @@ def group_id() -> str:
     return f"api-events-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-async def consume(hub: EventHub, bootstrap: str, fetch_max_wait_ms: int, retry_seconds: float = 2.0) -> None:
+async def consume(hub: EventHub, bootstrap: str, fetch_max_wait_ms: int, retry_max: float = 10.0) -> None:
     """Feed the hub for ever. The broker may be down when the API starts or later: the
     API keeps serving (the stream then only sends keepalives) and this retries."""
     group = group_id()
+    hub.loop = asyncio.get_running_loop()
     # Off the recovery path: a tenth of a second is quick enough for people, and on the
     # embedded broker every empty fetch costs CPU.
     fetch_max_wait_ms = max(fetch_max_wait_ms, 100)
+    delay = 1.0
     while True:
         consumer = AIOKafkaConsumer(
             *(str(t) for t in TOPICS), bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="latest",
@@ -112,6 +134,7 @@ async def consume(hub: EventHub, bootstrap: str, fetch_max_wait_ms: int, retry_s
         try:
             await consumer.start()
             await ready(hub, consumer)
+            delay = 1.0
             while True:
                 batch = await consumer.getmany(timeout_ms=1000)
                 for records in batch.values():
@@ -125,14 +148,15 @@ async def consume(hub: EventHub, bootstrap: str, fetch_max_wait_ms: int, retry_s
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the stream waits for the broker; the API keeps serving
-            log.warning("event stream: broker not usable, retrying in %.0fs: %r", retry_seconds, exc)
+            log.warning("event stream: broker not usable, retrying in %.0fs: %r", delay, exc)
             hub.state = "reconnecting"
         finally:
             try:
                 await asyncio.wait_for(consumer.stop(), timeout=5.0)
             except Exception:  # noqa: BLE001 - a half-started consumer may fail to stop; it is dropped anyway
                 pass
-        await asyncio.sleep(retry_seconds)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, retry_max)
 
 
 async def ready(hub: EventHub, consumer: AIOKafkaConsumer, timeout: float = 30.0) -> None:

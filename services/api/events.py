@@ -23,7 +23,7 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 
 from services.api.access import READER, READER_HEADER_OR_QUERY
-from services.api.event_hub import LAGGED, EventHub, Subscriber
+from services.api.event_hub import CLOSED, LAGGED, EventHub, Subscriber
 from services.api.event_payload import TYPES
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
@@ -58,6 +58,9 @@ async def frames(request: Request, hub: EventHub, sub: Subscriber, keepalive: fl
                     return
                 yield ": keepalive\n\n"
                 continue
+            if event is CLOSED:
+                yield "event: closed\ndata: {\"closed\": true, \"message\": \"the API is stopping\"}\n\n"
+                return
             if event is LAGGED:
                 note = {"lagged": True, "queue": hub.queue_size,
                         "message": "this client fell behind and was dropped; reconnect and re-read the state"}

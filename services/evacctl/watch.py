@@ -104,7 +104,7 @@ class StreamReader:
             while True:
                 for event in self.client.events(last_event_id=self.last_id):
                     self._take(event)
-                    if event.event == "lagged":
+                    if event.event in ("lagged", "closed"):  # dropped, or the API restarts: open it again
                         break
                 else:
                     self.out.put(("error", "the API closed the stream"))

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from services.api.app import create_app, lifespan
-from services.api.event_hub import LAGGED, EventHub
+from services.api.event_hub import CLOSED, LAGGED, EventHub
 from services.common.bus import Producer, ensure_topics
 from services.common.embedded import free_port, wait_port
 from services.common.schemas import EvacuationCompleted, HostHeartbeat, NodeDown, RebuildResult
@@ -29,25 +29,30 @@ from .conftest import ADMIN, READER, TOKENS, auth
 ROOT = Path(__file__).parents[2]
 
 
-@pytest.fixture(scope="module")
-def stream_api(api_settings: ApiSettings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """An API process of its own, with a short keepalive and a small per-client queue."""
-    asyncio.run(ensure_topics(api_settings.kafka_bootstrap))
+def start_api(settings: ApiSettings, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A `python -m services.api` of its own, with a short keepalive; waits for its stream consumer."""
+    asyncio.run(ensure_topics(settings.kafka_bootstrap))
     port = free_port()
-    env = dict(os.environ, EVACUATE_DATABASE_URL=api_settings.database_url, EVACUATE_API_TOKENS=TOKENS,
-               EVACUATE_KAFKA_BOOTSTRAP=api_settings.kafka_bootstrap, EVACUATE_API_PORT=str(port),
+    env = dict(os.environ, EVACUATE_DATABASE_URL=settings.database_url, EVACUATE_API_TOKENS=TOKENS,
+               EVACUATE_KAFKA_BOOTSTRAP=settings.kafka_bootstrap, EVACUATE_API_PORT=str(port),
                EVACUATE_API_SSE_KEEPALIVE="0.5", EVACUATE_FETCH_MAX_WAIT_MS="10", PYTHONUNBUFFERED="1")
-    log_path = Path(tmp_path_factory.mktemp("stream-api")) / "api.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "services.api"], env=env, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
+    wait_port(port, timeout=30, proc=proc)
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{url}/v1/events", headers=auth(READER)).json()["consumer"] != "ready":
+        assert time.monotonic() < deadline, log_path.read_text()
+        time.sleep(0.1)
+    return proc, url
+
+
+@pytest.fixture(scope="module")
+def stream_api(api_settings: ApiSettings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    log_path = Path(tmp_path_factory.mktemp("stream-api")) / "api.log"
+    proc, url = start_api(api_settings, log_path)
     try:
-        wait_port(port, timeout=30, proc=proc)
-        deadline = time.monotonic() + 30
-        while httpx.get(f"{url}/v1/events", headers=auth(READER)).json()["consumer"] != "ready":
-            assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.1)
         yield url
     finally:
         proc.terminate()
@@ -150,6 +155,10 @@ async def test_a_slow_subscriber_is_dropped_and_told_the_others_get_everything()
     assert slow not in hub.subscribers and quick in hub.subscribers and hub.dropped == 1
     late = hub.subscribe(last_id="7")  # a reconnecting client catches up from the ring
     assert [late.queue.get_nowait()["id"] for _ in range(2)] == ["8", "9"]
+    hub.publish({"id": "10", "type": "NodeDown"})
+    hub.close()  # the API stops: every stream ends at once, unread events or not
+    assert quick.queue.get_nowait() is CLOSED and late.queue.get_nowait() is CLOSED and not hub.subscribers
+    assert hub.subscribe().queue.get_nowait() is CLOSED
 
 
 async def test_the_api_starts_and_serves_without_a_broker(api_settings: ApiSettings) -> None:
@@ -172,3 +181,22 @@ async def test_dashboard_files_are_served_without_a_token(client: httpx.AsyncCli
     assert (await client.get("/dashboard/dashboard.css")).status_code == 200
     assert (await client.get("/dashboard/..%2Fapp.py")).status_code == 404
     assert (await client.get("/dashboard/secrets.txt")).status_code == 404
+
+
+def test_an_open_stream_does_not_hold_up_a_stopping_api(api_settings: ApiSettings, tmp_path: Path) -> None:
+    proc, url = start_api(api_settings, tmp_path / "api.log")
+    try:
+        with httpx.Client(base_url=url, timeout=20) as http, \
+                http.stream("GET", "/v1/events/stream", headers=auth(READER)) as r:
+            parser, lines = SseParser(), r.iter_lines()
+            assert parser.feed(next(lines)) is None and parser.feed(next(lines)).event == "comment"  # type: ignore[union-attr]
+            proc.terminate()
+            started = time.monotonic()
+            ends = [e for e in (parser.feed(line) for line in lines) if e is not None and e.event != "comment"]
+        assert [e.event for e in ends] == ["closed"] and ends[0].json()["message"] == "the API is stopping"
+        assert proc.wait(10) in (0, -15) and time.monotonic() - started < 4  # uvicorn re-raises SIGTERM once stopped
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "Traceback" not in (tmp_path / "api.log").read_text()
