@@ -262,7 +262,10 @@ class Planner:
         await store.lock_planning(conn)
         inst = await conn.fetchrow("SELECT * FROM instances WHERE uuid=$1", item["instance_uuid"])
         hosts, methods = await store.load_hosts(conn)
+        evac = await conn.fetchrow("SELECT trigger, leave_stopped FROM evacuations WHERE id=$1", item["evacuation_id"])
         info = store.instance_info(inst)
+        if evac["trigger"] == "manual":  # an operator's evacuation moves what it placed, HA or not
+            info = replace(info, ha=True)
         again = plan([info.host], [info], hosts, await store.load_groups(conn),
                      Policy(recovery=methods, exclude={info.uuid: frozenset(excluded)}))
         a = again.assignments[0] if again.assignments else None
@@ -282,10 +285,8 @@ class Planner:
             item["id"], a.target, attempt, excluded, steps, uuid.UUID(order_id(item_id, attempt)),
             f"attempt {attempt}: {a.reason} (after {host or 'an unknown host'} failed: {error})",
         )
-        stopped = bool(await conn.fetchval("SELECT leave_stopped FROM evacuations WHERE id=$1", item["evacuation_id"]))
-        await emit(conn, EvacuationPlan(evacuation_id=str(item["evacuation_id"]), source=item["source"],
-                                        assignments=(self._assignment(inst, item_id, a.target, attempt, stopped),)),
-                   SOURCE)
+        await emit(conn, EvacuationPlan(evacuation_id=str(item["evacuation_id"]), source=item["source"], assignments=(
+            self._assignment(inst, item_id, a.target, attempt, evac["leave_stopped"]),)), SOURCE)
 
     async def maybe_close(self, conn: asyncpg.Connection, evac_id: Any) -> None:
         evac = await conn.fetchrow("SELECT * FROM evacuations WHERE id=$1 FOR UPDATE", evac_id)
