@@ -4,18 +4,23 @@ logged while a message is handled, and ends with it."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from datetime import datetime
 
 import pytest
 
+from services.common.bus import ConsumeLoop, ConsumerSpec, Producer, ensure_topics
+from services.common.embedded import EmbeddedBroker
 from services.common.runtime import LOG_EVACUATION_ID, ContextFilter, JsonFormatter, TextFormatter, log_context
+from services.common.schemas import Envelope, EvacuationCompleted, Message, Topic
 
 
 @pytest.fixture
@@ -107,3 +112,44 @@ def test_a_bad_format_is_refused_naming_the_variable() -> None:
     out = subprocess.run([sys.executable, "-m", "services.planner"], env=env, capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 2 and "EVACUATE_LOG_FORMAT='xml'" in out.stderr
+
+
+async def test_the_consume_loop_tags_a_handlers_lines_with_its_message(broker: EmbeddedBroker) -> None:
+    """Over the real broker: what a handler logs carries the message's id, evacuation and host."""
+    await ensure_topics(broker.bootstrap)
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(ContextFilter("test"))
+    logger = logging.getLogger("services.test-bus-context")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    handled = asyncio.Event()
+
+    async def handle(env: Envelope, msg: Message) -> None:
+        logger.info("handling %s", env.type)
+        handled.set()
+
+    producer = Producer(broker.bootstrap, "test-log")
+    await producer.start()
+    loop = ConsumeLoop(broker.bootstrap, ConsumerSpec(
+        name="test-log", group=f"test-log-{uuid.uuid4()}", topics=(str(Topic.EVACUATIONS),), handler=handle,
+        auto_offset_reset="latest"), producer, fetch_max_wait_ms=10)
+    await loop.start()
+    task = asyncio.ensure_future(loop.run())
+    try:
+        await loop.wait_assigned()
+        env = await producer.publish(EvacuationCompleted(evacuation_id="e-log", source="h-log", status="completed",
+                                                         placed=1, failed=0, seconds=1.0))
+        await asyncio.wait_for(handled.wait(), timeout=30)
+        logger.info("between messages")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await loop.stop()
+        await producer.stop()
+        logger.removeHandler(handler)
+    during, after = lines(out)
+    assert during == {**during, "message": "handling EvacuationCompleted", "message_id": env.id,
+                      "evacuation_id": "e-log", "host": "h-log", "service": "test"}
+    assert not {"message_id", "evacuation_id", "host"} & set(after)
