@@ -65,6 +65,7 @@ def main(api_port: int | None = None, heartbeat_interval: float | None = None, p
             stack.spawn(name, f"services.{name}")
             backoff[name] = Backoff()
         print(f"API       http://127.0.0.1:{api_port}/v1  (OpenAPI: http://127.0.0.1:{api_port}/docs)", flush=True)
+        print(f"dashboard http://127.0.0.1:{api_port}/dashboard#token=<token>  (or: evacctl watch)", flush=True)
         if not os.environ.get("EVACUATE_API_TOKENS"):
             print(f"tokens    {data_dir / 'api-tokens'} (role:token pairs; evacctl reads EVACUATE_API_TOKEN)",
                   flush=True)
