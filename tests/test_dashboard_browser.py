@@ -86,6 +86,12 @@ def test_the_dashboard_follows_a_host_failure_live(stack: Stack, tmp_path: Path)
             items = card.locator("tbody tr").all_inner_texts()
             shot = tmp_path / "dashboard.png"
             page.screenshot(path=str(shot), full_page=True)
+
+            # A page opened afterwards gets the events from the API's recent ring.
+            late = browser.new_page()
+            late.goto(f"{stack.api_url}/dashboard#token={stack.api_token}")
+            late.wait_for_selector('.evac[data-source="dash1"][data-status="completed"]', timeout=30_000)
+            late_timeline = late.locator('.evac[data-source="dash1"] .timeline li').all_inner_texts()
         finally:
             browser.close()
 
@@ -93,6 +99,7 @@ def test_the_dashboard_follows_a_host_failure_live(stack: Stack, tmp_path: Path)
     kinds = " ".join(timeline)
     assert "NodeDown" in kinds and "EvacuationPlan" in kinds and "EvacuationCompleted" in kinds, timeline
     assert kinds.index("NodeDown") < kinds.index("EvacuationCompleted")
+    assert all(any(k in t for t in late_timeline) for k in ("NodeDown", "EvacuationCompleted")), late_timeline
     shared = [vm for vm in stack.vms["dash1"] if vm.shared]
     assert len(items) == len(shared) and all("dash2" in row and "done" in row for row in items), items
     assert shot.stat().st_size > 10_000

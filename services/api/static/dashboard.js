@@ -83,6 +83,17 @@ function setLive(status) {
   badge.textContent = status;
 }
 
+function keep(events) {
+  const seen = new Set(state.events.map((e) => e.id));
+  for (const e of events) if (!seen.has(e.id)) { state.events.push(e); seen.add(e.id); }
+  state.events.sort((a, b) => Date.parse(a.at) - Date.parse(b.at));
+  if (state.events.length > 2000) state.events.splice(0, state.events.length - 2000);
+}
+
+async function loadRecentEvents() { // what this API process saw before the page was opened
+  try { keep((await api("/v1/events?limit=1000")).items); } catch (err) { /* the stream still works */ }
+}
+
 function stopStream() {
   if (state.source) state.source.close();
   state.source = null;
@@ -94,12 +105,7 @@ function startStream() {
   state.source = src;
   src.onopen = () => { setLive("live"); reloadSoon(); };
   src.onerror = () => setLive("reconnecting"); // EventSource retries by itself, with Last-Event-ID
-  src.onmessage = (msg) => {
-    const event = JSON.parse(msg.data);
-    if (!state.events.some((e) => e.id === event.id)) state.events.push(event);
-    if (state.events.length > 2000) state.events.splice(0, state.events.length - 2000);
-    reloadSoon();
-  };
+  src.onmessage = (msg) => { keep([JSON.parse(msg.data)]); reloadSoon(); };
   src.addEventListener("lagged", () => {
     setLive("lagged");
     setTimeout(startStream, 500); // dropped for being slow: connect again and re-read
@@ -188,7 +194,9 @@ function render() {
 function begin() {
   state.token = takeToken();
   if (!state.token) { askToken(""); return; }
-  load().then(() => { if (state.token && !document.getElementById("main").hidden) startStream(); });
+  loadRecentEvents().then(load).then(() => {
+    if (state.token && !document.getElementById("main").hidden) startStream();
+  });
 }
 
 document.getElementById("login").addEventListener("submit", (ev) => {
