@@ -16,6 +16,7 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from services.common.bus import PARTITIONS
 from services.common.embedded import EmbeddedBroker
 from services.common.schemas import Topic
 from services.detector.ownership import host_partition
@@ -25,6 +26,7 @@ from services.evacctl.stack import Stack
 
 pytestmark = pytest.mark.slow
 HOSTS = ["td1", "td2", "td3", "td4", "td5", "td6"]
+PARTS = PARTITIONS[Topic.HEARTBEATS]
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +95,7 @@ async def test_two_detectors_split_the_hosts_and_one_takes_over(stack: Stack, vi
                     and e["data"]["host"] in HOSTS], quiet  # type: ignore[index]
 
         # A host of each detector fails: one NodeDown each, one evacuation each.
-        by_owner = {name: next(h for h in HOSTS if host_partition(h, 8) in parts) for name, parts in split.items()}
+        by_owner = {name: next(h for h in HOSTS if host_partition(h, PARTS) in parts) for name, parts in split.items()}
         for h in by_owner.values():
             stack.kill(f"executor-{h}")
         seen = await drain(events, 8.0)
@@ -105,10 +107,10 @@ async def test_two_detectors_split_the_hosts_and_one_takes_over(stack: Stack, vi
         # One detector dies: the other takes its partitions and its hosts over.
         stack.kill("detector")
         deadline = time.monotonic() + 60
-        while owners(stack).get("detector-2") != set(range(8)):
+        while owners(stack).get("detector-2") != set(range(PARTS)):
             assert time.monotonic() < deadline, owners(stack)
             await asyncio.sleep(0.2)
-        rest = [h for h in HOSTS if h not in by_owner.values() and host_partition(h, 8) in split["detector"]]
+        rest = [h for h in HOSTS if h not in by_owner.values() and host_partition(h, PARTS) in split["detector"]]
         assert rest, "the dead detector owned no other host"
         stack.kill(f"executor-{rest[0]}")
         await _closed(conn, {rest[0]})

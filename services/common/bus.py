@@ -15,6 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from services.common import metrics
+from services.common.brokerwatch import BrokerWatch, ensure_epoch
 from services.common.errors import BadMessage, InfraError
 from services.common.runtime import log_context
 from services.common.schemas import (
@@ -30,11 +31,15 @@ from services.common.schemas import (
 
 log = logging.getLogger(__name__)
 
+# At most 4: a broker that lost its data (the embedded broker, restarted) re-creates a
+# topic on a client's first use with 4 partitions, before a service can create it from
+# this catalogue. A producer that knew more partitions than the new topic has would keep
+# retrying records for partitions that no longer exist; growing is harmless.
 PARTITIONS: dict[Topic, int] = {
-    Topic.HEARTBEATS: 8,
+    Topic.HEARTBEATS: 4,
     Topic.HOST_EVENTS: 4,
     Topic.PLANS: 4,
-    Topic.ORDERS: 8,
+    Topic.ORDERS: 4,
     Topic.RESULTS: 4,
     Topic.EVACUATIONS: 2,
     Topic.DEAD_LETTER: 1,
@@ -45,7 +50,8 @@ TRANSIENT: tuple[type[BaseException], ...] = (InfraError, OSError, KafkaError, a
 
 
 async def ensure_topics(bootstrap: str) -> None:
-    """Create every topic of the catalogue that does not exist yet."""
+    """Create every topic of the catalogue that does not exist yet, and mark the broker's
+    epoch (see brokerwatch)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
@@ -60,8 +66,21 @@ async def ensure_topics(bootstrap: str) -> None:
                 await admin.create_topics(missing)
             except TopicAlreadyExistsError:
                 pass
+        present = [str(t) for t in PARTITIONS if str(t) in existing]
+        for desc in await admin.describe_topics(present) if present else []:
+            want = PARTITIONS[Topic(desc["topic"])]
+            if len(desc.get("partitions") or ()) != want:
+                log.warning("topic %s has %d partitions, the catalogue says %d (created by a client's first use?):"
+                            " it works, only the load spreads differently", desc["topic"],
+                            len(desc.get("partitions") or ()), want)
     finally:
         await admin.close()
+    await ensure_epoch(bootstrap)
+
+
+def broker_watch(bootstrap: str, name: str, on_reset: Callable[[], Awaitable[None]] | None = None) -> BrokerWatch:
+    """A service's watch for a broker that lost its data (see brokerwatch)."""
+    return BrokerWatch(bootstrap, name, lambda: ensure_topics(bootstrap), on_reset)
 
 
 class Producer:
@@ -82,8 +101,23 @@ class Producer:
         await self.send_raw(str(type(message).TOPIC), message.key(), encode(env))
         return env
 
-    async def send_raw(self, topic: str, key: str | None, value: bytes) -> None:
-        await self._producer.send_and_wait(topic, value, key=key.encode() if key else None)
+    async def send_raw(self, topic: str, key: str | None, value: bytes, patience: float = 30.0) -> None:
+        """Send and wait for the broker's acknowledgement. A broker error (one that is
+        restarting answers UnknownError, NotLeader... for a moment) is retried with backoff
+        for `patience` seconds before it is raised: a message is never dropped silently."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + patience
+        backoff = 0.1
+        while True:
+            try:
+                await self._producer.send_and_wait(topic, value, key=key.encode() if key else None)
+                return
+            except KafkaError as exc:
+                if loop.time() + backoff > deadline:
+                    raise
+                log.warning("send to %s failed, retrying in %.1f s: %r", topic, backoff, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
 
     async def send_many(self, rows: Iterable[tuple[str, str | None, bytes]]) -> None:
         futures = [

@@ -17,4 +17,5 @@ RECOVERY_SECONDS = Histogram(
 )
 FENCE_ATTEMPTS = Counter("evacuate_fence_attempts_total", "Fence attempts", ["driver", "ok"])
 HOSTS_BY_STATE = Gauge("evacuate_hosts", "Hosts by detector state", ["state"])
+DETECTOR_BLIND = Gauge("evacuate_detector_blind", "1 while this detector hears no watched host (it judges none)")
 REBUILDS = Counter("evacuate_rebuilds_total", "Rebuilds on this executor", ["ok"])

@@ -102,6 +102,10 @@ class ExecutorSettings(CommonSettings):
     fence_driver: Literal["process", "redfish", "ipmi", "manual"] = "process"
     fence_target: str = Field("", description="BMC address for redfish/ipmi; empty for process")
     max_concurrent_rebuilds: int = Field(8, ge=1, le=256)
+    order_max_age: float = Field(
+        120.0, gt=0, description="Seconds after which a rebuild order is dropped unexecuted: by then the planner "
+        "has placed the VM again (keep it at the planner's result_timeout)"
+    )
     inventory_interval: float = Field(
         5.0, gt=0, description="Seconds between full inventory reports (also sent on change)"
     )

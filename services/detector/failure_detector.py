@@ -56,7 +56,7 @@ __all__ = [
     "CleanupDone", "DetectorState", "Effect", "Event", "FenceResult", "Heartbeat",
     "HostRecord", "HostState", "InvalidTransition", "LogLine", "Operator",
     "HostEvent", "OperatorCommand", "Publish", "PublishKind", "RequestFence", "StorageHeartbeat",
-    "TRANSITIONS", "Tick", "Timings", "step", "step_host",
+    "TRANSITIONS", "Tick", "Timings", "blind", "step", "step_host",
 ]
 
 S = HostState
@@ -237,6 +237,33 @@ def _judge(rec: HostRecord, at: float, t: Timings) -> Step:
     return rec, []
 
 
+# An up host is suspected only if another host was heard this many heartbeat intervals
+# after its own last heartbeat (see _tick).
+HEARD_AFTER = 1.5
+
+
+def blind(state: DetectorState, at: float, t: Timings) -> str | None:
+    """Why this detector cannot judge anyone now, or None. When two or more watched hosts
+    are all silent on the bus at once, the likeliest fault is between the hosts and this
+    detector (the broker restarting, this detector cut off), not every host dying
+    together: like Kubernetes' full-disruption mode, nobody is suspected or fenced until
+    some host is heard again. A real whole-cluster outage loses nothing by the wait: there
+    is no host left to evacuate to. Hosts already fencing or isolated go on (a requested
+    fence finishes; expired storage leases are proof without the bus)."""
+    watched = 0
+    newest = None
+    for rec in state.hosts.values():
+        if rec.state in (S.down, S.maintenance):
+            continue
+        watched += 1
+        ref = rec.last_heartbeat if rec.last_heartbeat is not None else rec.since
+        newest = ref if newest is None or ref > newest else newest
+    if watched < 2 or newest is None or at - newest <= t.suspect_after + EPSILON:
+        return None
+    return (f"no heartbeat from any of {watched} watched hosts for {at - newest:.1f} s: the bus or this detector"
+            " is cut off; no host is suspected or fenced until one is heard again")
+
+
 def _tick(state: DetectorState, at: float, t: Timings) -> tuple[DetectorState, list[Effect]]:
     # Only the hosts a tick may change are judged, in name order (the order of the
     # effects); the hosts dict is copied only when one of them really changed. An up host
@@ -244,14 +271,34 @@ def _tick(state: DetectorState, at: float, t: Timings) -> tuple[DetectorState, l
     # every host every tick); down and maintenance hosts never change on a tick.
     limit = t.suspect_after + EPSILON
     candidates = []
+    silent_up: list[tuple[str, float]] = []
+    frozen_ok = []  # the only hosts a blind detector judges (see `blind`)
+    watched = 0
+    newest = float("-inf")
     for name, rec in state.hosts.items():
         st = rec.state
+        if st == S.down or st == S.maintenance:
+            continue
+        watched += 1
+        ref = rec.last_heartbeat if rec.last_heartbeat is not None else rec.since
+        if ref > newest:
+            newest = ref
         if st == S.up:
-            ref = rec.last_heartbeat if rec.last_heartbeat is not None else rec.since
             if at - ref > limit:
-                candidates.append(name)
-        elif st != S.down and st != S.maintenance:
+                silent_up.append((name, ref))
+        else:
             candidates.append(name)
+            if st == S.fencing or st == S.isolated:
+                frozen_ok.append(name)
+    if watched >= 2 and at - newest > limit:
+        candidates = frozen_ok
+    else:
+        # An up host's silence counts only if some host was heard clearly after it went
+        # quiet: hosts that all stopped within one interval of each other stopped because
+        # of the bus (they fall silent one by one as their phases pass, before `blind`
+        # can see that all of them are).
+        margin = HEARD_AFTER * t.heartbeat_interval
+        candidates.extend(name for name, ref in silent_up if watched < 2 or newest - ref > margin)
     candidates.sort()
     changed: dict[str, HostRecord] = {}
     effects: list[Effect] = []

@@ -17,7 +17,7 @@ import asyncpg
 from aiokafka import ConsumerRecord
 
 from services.common import metrics
-from services.common.bus import ConsumeLoop, ConsumerSpec, Producer, ensure_topics
+from services.common.bus import ConsumeLoop, ConsumerSpec, Producer, broker_watch, ensure_topics
 from services.common.db import audit, connect_pool, migrate
 from services.common.outbox import CHANNEL as OUTBOX_CHANNEL
 from services.common.outbox import OutboxRelay, emit
@@ -54,6 +54,7 @@ from services.detector.failure_detector import (
     StorageHeartbeat,
     Tick,
     Timings,
+    blind,
     step,
     step_host,
 )
@@ -88,6 +89,9 @@ class Detector:
         # judges only the hosts whose partition it owns (commands and cleanup results come
         # on that same partition), loaded from PostgreSQL when the partition is assigned.
         self.owned: set[int] = set()
+        self.parked: dict[str, HostRecord] = {}  # records of revoked partitions, until the next assignment
+        self.blind: str | None = None  # why this detector hears no host (it then judges none)
+        self.blind_checked = float("-inf")
         self.heartbeats = _HeartbeatLoop(self, settings.kafka_bootstrap, ConsumerSpec(
             name="detector", group="detector", topics=(str(Topic.HEARTBEATS),),
             handler=self.on_message, types=frozenset({"HostHeartbeat", "CleanupResult", "HostCommand"}),
@@ -103,45 +107,71 @@ class Detector:
         relay = OutboxRelay(self.pool, self.producer, SOURCE)
         try:
             await gather_forever(self.heartbeats.run(), self.ticker(), self.apply_effects(), relay.run(),
-                                 self.flush_heartbeats(), self.scan_storage(), self.count_states())
+                                 self.flush_heartbeats(), self.scan_storage(), self.count_states(),
+                                 broker_watch(self.s.kafka_bootstrap, "detector").run())
         finally:
             await self.heartbeats.stop()
             await self.producer.stop()
             await self.pool.close()
 
     async def take_partitions(self, partitions: set[int], total: int) -> None:
-        """Resume the hosts of newly owned partitions from PostgreSQL. Hosts that were up
-        get a fresh window to heartbeat: the time nobody watched them is not their silence."""
+        """Own these partitions' hosts. A host whose record this detector parked when the
+        same rebalance revoked it (the group rejoining, e.g. after a broker restart) keeps
+        that record: it is newer than PostgreSQL's; others are resumed from PostgreSQL.
+        Either way with fresh windows: the time nobody watched a host is neither its bus
+        silence nor its storage silence, so no expiry is proven by a gap in watching."""
         assert self.pool is not None
         self.owned |= partitions
         now = time.time()
-        taken = 0
+        taken = kept = 0
         for r in await self.pool.fetch("SELECT name, detector, fence_target FROM hosts WHERE detector IS NOT NULL"):
             if host_partition(r["name"], total) not in partitions or r["name"] in self.hosts:
                 continue
-            rec = HostRecord.from_dict(r["detector"])
+            parked = self.parked.pop(r["name"], None)
+            rec = parked if parked is not None else HostRecord.from_dict(r["detector"])
+            kept += parked is not None
+            taken += parked is None
             if rec.state in (HostState.up, HostState.suspect):
                 rec = replace(rec, last_heartbeat=now)
+            if rec.state != HostState.down and rec.last_storage_heartbeat is not None:
+                rec = replace(rec, last_storage_heartbeat=max(rec.last_storage_heartbeat, now))
             self.hosts[r["name"]] = rec
             self.fence_targets[r["name"]] = r["fence_target"]
-            taken += 1
-        log.info("owning heartbeat partitions %s: resumed %d hosts from the database", sorted(self.owned), taken)
+        self.parked.clear()
+        log.info("owning heartbeat partitions %s: %d hosts kept, %d resumed from the database", sorted(self.owned),
+                 kept, taken)
 
     def drop_partitions(self, partitions: set[int], total: int) -> None:
-        """Another detector owns these hosts now; their records are in PostgreSQL."""
+        """Another detector may own these hosts now; their records are in PostgreSQL.
+        Parked until the rebalance's assignment says whether they come back here."""
         self.owned -= partitions
         for name in [n for n in self.hosts if host_partition(n, total) in partitions]:
-            del self.hosts[name]
+            self.parked[name] = self.hosts.pop(name)
 
     @property
     def state(self) -> DetectorState:
         return DetectorState(hosts=self.hosts)
+
+    def _watch_blindness(self, at: float) -> None:
+        """Log when this detector goes blind and when it hears again (the core freezes
+        judging on its own; this only tells operators, once a heartbeat interval)."""
+        if at - self.blind_checked < self.timings.heartbeat_interval:
+            return
+        self.blind_checked = at
+        why = blind(DetectorState(hosts=self.hosts), at, self.timings)
+        if why is not None and self.blind is None:
+            log.error("detector blind: %s", why)
+        elif why is None and self.blind is not None:
+            log.warning("detector hears hosts again: judging resumes")
+        self.blind = why
+        metrics.DETECTOR_BLIND.set(0 if why is None else 1)
 
     def feed(self, event: Event) -> None:
         """One event into the core. Records whose state (or fence round) changed are
         persisted with the effects; a heartbeat that changes only times costs O(1)."""
         changed: dict[str, HostRecord] = {}
         if isinstance(event, Tick):
+            self._watch_blindness(event.at)
             before = self.hosts
             new_state, effects = step(DetectorState(hosts=before), event, self.timings)
             after = new_state.hosts

@@ -132,6 +132,19 @@ class Stack:
         self.host_env[name] = dict(env or {})
         self.spawn(f"executor-{name}", "services.executor", **self._extra_of(f"executor-{name}"))
 
+    def restart_broker(self, down: float = 0.0) -> float:
+        """Stop the embedded broker (it loses every topic, message and committed offset)
+        and start a new one on the same address after `down` seconds. Returns the time
+        it is back."""
+        if self.broker is None:
+            raise RuntimeError("only an embedded broker can be restarted by the stack")
+        if self.broker.proc is not None and self.broker.proc.poll() is None:
+            self.broker.proc.kill()  # a crash: nothing is flushed (memory storage keeps nothing anyway)
+            self.broker.proc.wait()
+        time.sleep(down)
+        self.broker.start()
+        return time.time()
+
     def kill(self, name: str, sig: int = signal.SIGKILL) -> float:
         """Kill a process (group): a simulated host dies with its executor. Returns when."""
         proc = self.procs[name]

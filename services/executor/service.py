@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from services.common import metrics
-from services.common.bus import ConsumeLoop, ConsumerSpec, Producer, ensure_topics
+from services.common.bus import TRANSIENT, ConsumeLoop, ConsumerSpec, Producer, broker_watch, ensure_topics
 from services.common.errors import RebuildError
 from services.common.runtime import gather_forever, require_infra, retry_start
 from services.common.schemas import (
@@ -59,7 +59,10 @@ class Executor:
             ConsumerSpec(
                 name=f"executor@{self.host}", group=f"executor-{self.host}", topics=(str(Topic.ORDERS),),
                 handler=self.handle, types=frozenset({"RebuildOrder", "CleanupOrder"}), key=self.host,
-                auto_offset_reset="latest",
+                # A group with no committed offset (a new host, or a broker that lost its
+                # data) reads its orders from the start; an order older than order_max_age
+                # is dropped (its item was retried elsewhere long ago).
+                auto_offset_reset="earliest",
             ),
             self.producer, settings.fetch_max_wait_ms,
         )
@@ -76,9 +79,10 @@ class Executor:
         await self.orders.wait_assigned()
         log.info("executor %s ready on %s (pid %d)", self.host, self.hv.uri, os.getpid())
         self.hb_sender.last_ack = time.monotonic()  # the isolation clock starts with the heartbeats
+        watch = broker_watch(self.s.kafka_bootstrap, f"executor@{self.host}", self.on_broker_reset)
         try:
             await gather_forever(self.heartbeats(), self.storage_heartbeats(), self.watch_isolation(),
-                                 self.inventory(), self.renew_leases(), self.orders.run())
+                                 self.inventory(), self.renew_leases(), self.orders.run(), watch.run())
         finally:
             await self.orders.stop()
             await self.hb_sender.stop()
@@ -155,8 +159,11 @@ class Executor:
             domains = await loop.run_in_executor(self.pool, self.hv.inventory)
             report = InstanceReport(host=self.host, vcpus=vcpus, memory_mib=mem, domains=tuple(domains))
             if report != last or time.monotonic() - last_sent > self.s.inventory_interval:
-                await self.producer.publish(report)
-                last, last_sent = report, time.monotonic()
+                try:
+                    await self.producer.publish(report)
+                    last, last_sent = report, time.monotonic()
+                except TRANSIENT as exc:  # the broker is away: the next round sends the report again
+                    log.warning("inventory report not sent: %r", exc)
             try:
                 await asyncio.wait_for(self.changed.wait(), timeout=self.s.inventory_interval)
                 await asyncio.sleep(0.05)  # coalesce a burst of lifecycle events
@@ -175,7 +182,15 @@ class Executor:
                 log.error("a VM running here has its lease held by %s: not renewing it", lost.holder)
             await asyncio.sleep(self.s.heartbeat_interval)
 
+    async def on_broker_reset(self) -> None:
+        self.changed.set()  # the inventory goes out again at once
+
     async def handle(self, env: Envelope, msg: Message) -> None:
+        age = time.time() - env.at.timestamp()
+        if isinstance(msg, RebuildOrder) and age > self.s.order_max_age:
+            log.warning("dropped order %s for %s: %.0f s old (order_max_age %.0f s); the planner has placed it"
+                        " again since", msg.order_id, msg.instance_name, age, self.s.order_max_age)
+            return
         # Rebuilds run concurrently (bounded); the consume loop goes on with the next order.
         task = asyncio.ensure_future(self._run(env, msg))
         self.tasks.add(task)

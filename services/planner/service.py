@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 
 from services.common import metrics
-from services.common.bus import ConsumeLoop, ConsumerSpec, Producer, ensure_topics
+from services.common.bus import ConsumeLoop, ConsumerSpec, Producer, broker_watch, ensure_topics
 from services.common.db import already_processed, audit, connect_pool, migrate
 from services.common.errors import BadMessage
 from services.common.outbox import OutboxRelay, emit
@@ -83,7 +83,8 @@ class Planner:
         await self.reconcile()
         relay = OutboxRelay(self.pool, self.producer, SOURCE)
         try:
-            await gather_forever(self.inventory.run(), self.events.run(), relay.run(), self.sweep_timeouts())
+            await gather_forever(self.inventory.run(), self.events.run(), relay.run(), self.sweep_timeouts(),
+                                 broker_watch(self.s.kafka_bootstrap, "planner", self.reconcile).run())
         finally:
             await self.events.stop()
             await self.inventory.stop()
@@ -106,6 +107,10 @@ class Planner:
                 return
             if isinstance(msg, NodeDown):
                 await self.retry_orders_to(conn, msg.host)
+                if await store.down_episode_handled(conn, msg.host):
+                    await audit(conn, "evacuation-skipped", f"NodeDown for {msg.host}: this failure is already being"
+                                " handled (its evacuation was started by a reconcile)", host=msg.host)
+                    return
                 await self.start_evacuation(conn, msg.host, "NodeDown", env.id, None, (),
                                             f"NodeDown: {msg.reason}")
             elif isinstance(msg, EvacuationRequested):
@@ -313,10 +318,19 @@ class Planner:
     # --- resuming -------------------------------------------------------------------
 
     async def reconcile(self) -> None:
-        """DESIGN §6: re-publish the orders of every open evacuation. The broker may have
-        lost them; a duplicate is harmless (the executor and this planner are idempotent)."""
+        """DESIGN §6, at start and when the broker lost its data: start the evacuation of
+        every host that is down with none started since (its NodeDown may be lost), and
+        re-publish the orders of every open evacuation. The broker may have lost them; a
+        duplicate is harmless (the executor and this planner are idempotent)."""
         assert self.pool is not None
         async with self.pool.acquire() as conn, conn.transaction():
+            for host in await store.down_hosts_unhandled(conn):
+                trigger_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"evacuate:reconcile:{host['name']}:"
+                                                                f"{host['state_since'].isoformat()}"))
+                log.warning("reconcile: %s is down since %s with no evacuation: starting it", host["name"],
+                            host["state_since"])
+                await self.start_evacuation(conn, host["name"], "NodeDown", trigger_id, None, (),
+                                            f"NodeDown (reconciled from the database): {host['state_reason']}")
             for evac in await conn.fetch("SELECT * FROM evacuations WHERE status='running'"):
                 rows = [r for r in await store.item_rows(conn, evac["id"]) if r["status"] == "pending"]
                 if not rows:

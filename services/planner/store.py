@@ -99,3 +99,26 @@ async def item_rows(conn: asyncpg.Connection, evacuation_id: Any) -> list[asyncp
 
 def seconds_since(start: datetime, end: datetime) -> float:
     return max(0.0, (end - start).total_seconds())
+
+
+# A host's state_since comes from the detector's clock, an evacuation's created_at from
+# the database's: this much skew between them is tolerated.
+CLOCK_SKEW = "2 seconds"
+# An evacuation that handles the host's current failure: started since it went down, and
+# not a manual request that was refused (a NodeDown must not be skipped for that).
+_HANDLED = (f"e.created_at >= h.state_since - interval '{CLOCK_SKEW}'"
+            " AND (e.trigger = 'NodeDown' OR e.status <> 'refused')")
+
+
+async def down_episode_handled(conn: asyncpg.Connection, host: str) -> bool:
+    """An evacuation of this host was started during its current down state."""
+    return bool(await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM hosts h JOIN evacuations e ON e.source = h.name WHERE h.name = $1"
+        f" AND h.state = 'down' AND {_HANDLED})", host))
+
+
+async def down_hosts_unhandled(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """Hosts that are down with no NodeDown evacuation started since they went down."""
+    return list(await conn.fetch(
+        "SELECT h.name, h.state_since, h.state_reason FROM hosts h WHERE h.state = 'down' AND NOT EXISTS"
+        f" (SELECT 1 FROM evacuations e WHERE e.source = h.name AND {_HANDLED}) ORDER BY h.name"))

@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from services.common.bus import ConsumeLoop, ConsumerSpec, Producer, ensure_topics
+from services.common.bus import ConsumeLoop, ConsumerSpec, Producer, broker_watch, ensure_topics
 from services.common.db import connect_pool
 from services.common.domain_xml import parse_domain
 from services.common.errors import RebuildError
@@ -90,7 +90,7 @@ class Templater:
         await retry_start("producer", self.producer.start)
         await retry_start("plan consumer", self.plans.start)
         try:
-            await gather_forever(self.plans.run())
+            await gather_forever(self.plans.run(), broker_watch(self.s.kafka_bootstrap, "templater").run())
         finally:
             await self.plans.stop()
             await self.producer.stop()

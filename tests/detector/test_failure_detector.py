@@ -28,6 +28,7 @@ from services.detector.failure_detector import (
     Tick,
     Timings,
     _transition,
+    blind,
     step,
 )
 
@@ -194,8 +195,58 @@ def test_manual_fencing_has_no_timeout() -> None:
 def test_hosts_are_judged_in_name_order() -> None:
     recs = {n: HostRecord(name=n, state=HostState.up, since=0.0, last_heartbeat=0.0)
             for n in ("b", "c", "a")}
+    recs["d"] = HostRecord(name="d", state=HostState.up, since=0.0, last_heartbeat=4.0)  # heard: not blind
     _, effects = step(DetectorState(hosts=recs), Tick(4.0), T)
     assert [e.host for e in effects if isinstance(e, Publish)] == ["a", "b", "c"]
+
+
+# --- a blind detector judges nobody ---------------------------------------------------
+
+
+def test_all_hosts_silent_at_once_is_a_blind_detector_not_a_mass_failure() -> None:
+    recs = {n: HostRecord(name=n, state=HostState.up, since=0.0, last_heartbeat=0.0) for n in ("a", "b", "c")}
+    state = DetectorState(hosts=recs)
+    assert blind(state, 4.0, T) is not None and "3 watched hosts" in str(blind(state, 4.0, T))
+    for at in (4.0, 20.0, 500.0):
+        new, effects = step(state, Tick(at), T)
+        assert new.hosts == state.hosts and not effects
+    # One host is heard again: the others are judged on their own silence.
+    state, _ = step(state, Heartbeat("a", 500.0), T)
+    assert blind(state, 500.5, T) is None
+    state, effects = step(state, Tick(500.5), T)
+    assert {e.host for e in effects if isinstance(e, Publish) and e.kind == "HostSuspect"} == {"b", "c"}
+
+
+def test_hosts_falling_silent_one_by_one_within_an_interval_are_not_suspected() -> None:
+    # The bus stops at 10.0: each host's last heartbeat is wherever its phase was.
+    i = T.heartbeat_interval
+    last = {"a": 10.0 - 0.9 * i, "b": 10.0 - 0.5 * i, "c": 10.0 - 0.1 * i}
+    state = DetectorState(hosts={n: HostRecord(name=n, state=HostState.up, since=0.0, last_heartbeat=ref)
+                                 for n, ref in last.items()})
+    at = last["a"] + T.suspect_after + 0.01  # a is past its deadline, b and c are not yet
+    assert blind(state, at, T) is None
+    new, effects = step(state, Tick(at), T)
+    assert not effects and new.hosts == state.hosts
+    # Whereas a host silent while another is heard well after it is suspected at once.
+    state, _ = step(state, Heartbeat("c", at), T)
+    _, effects = step(state, Tick(at), T)
+    assert [e.host for e in effects if isinstance(e, Publish) and e.kind == "HostSuspect"] == ["a"]
+
+
+def test_blind_detector_still_finishes_a_fence_and_a_single_host_is_judged() -> None:
+    fencing = HostRecord(name="a", state=HostState.fencing, since=0.0, last_heartbeat=0.0, fence_attempts=1,
+                         fence_deadline=5.0)
+    up = HostRecord(name="b", state=HostState.up, since=0.0, last_heartbeat=0.0)
+    state = DetectorState(hosts={"a": fencing, "b": up})
+    assert blind(state, 10.0, T) is not None
+    new, effects = step(state, Tick(10.0), T)
+    assert any(isinstance(e, Publish) and e.kind == "FenceFailed" and e.host == "a" for e in effects)
+    assert new.hosts["b"].state == HostState.up
+    # Only one watched host: its silence is its own.
+    alone = DetectorState(hosts={"b": up})
+    assert blind(alone, 10.0, T) is None
+    new, _ = step(alone, Tick(10.0), T)
+    assert new.hosts["b"].state != HostState.up
 
 
 # --- safety property: never NodeDown without proof -------------------------------------
