@@ -54,16 +54,17 @@ class EventHub:
         self.recent = deque(maxlen=self.recent_size)
 
     def subscribe(self, types: Iterable[str] | None = None, last_id: str | None = None) -> Subscriber:
-        """A new subscriber; with ``last_id`` (found in the ring) it first gets what came after it."""
+        """A new subscriber; with ``last_id`` it first gets what came after it in the ring, at
+        most half a queue of the newest (more would have it lag at once, and again at each
+        reconnection: it re-reads the state anyway)."""
         sub = Subscriber(asyncio.Queue(self.queue_size), frozenset(types) if types is not None else None)
         if self.closed:
             sub.queue.put_nowait(CLOSED)
             return sub
-        for event in self.since(last_id) if last_id else ():
-            if sub.wants(event):
-                self._offer(sub, event)
-        if not sub.lagged:
-            self.subscribers.add(sub)
+        missed = [e for e in self.since(last_id) if sub.wants(e)] if last_id else []
+        for event in missed[-max(1, self.queue_size // 2):]:
+            sub.queue.put_nowait(event)
+        self.subscribers.add(sub)
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:

@@ -144,7 +144,7 @@ async def test_types_filter_and_resume_after_last_event_id(stream_api: str, prod
 
 
 async def test_a_slow_subscriber_is_dropped_and_told_the_others_get_everything() -> None:
-    hub = EventHub(queue_size=3)
+    hub = EventHub(queue_size=4)
     slow, quick = hub.subscribe(), hub.subscribe(types=["NodeDown"])
     received = []
     for n in range(10):
@@ -155,6 +155,8 @@ async def test_a_slow_subscriber_is_dropped_and_told_the_others_get_everything()
     assert slow not in hub.subscribers and quick in hub.subscribers and hub.dropped == 1
     late = hub.subscribe(last_id="7")  # a reconnecting client catches up from the ring
     assert [late.queue.get_nowait()["id"] for _ in range(2)] == ["8", "9"]
+    stranger = hub.subscribe(last_id="from-another-replica")  # the newest half queue, never a lag at once
+    assert [stranger.queue.get_nowait()["id"] for _ in range(2)] == ["8", "9"] and stranger.queue.empty()
     hub.publish({"id": "10", "type": "NodeDown"})
     hub.close()  # the API stops: every stream ends at once, unread events or not
     assert quick.queue.get_nowait() is CLOSED and late.queue.get_nowait() is CLOSED and not hub.subscribers
