@@ -16,6 +16,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from services.common import metrics
 from services.common.brokerwatch import BrokerWatch, ensure_epoch
+from services.common.db import DB_TRANSIENT
 from services.common.errors import BadMessage, InfraError
 from services.common.runtime import log_context
 from services.common.schemas import (
@@ -46,7 +47,7 @@ PARTITIONS: dict[Topic, int] = {
 }
 
 # Errors that mean "the infrastructure is not there right now": retry, never dead-letter.
-TRANSIENT: tuple[type[BaseException], ...] = (InfraError, OSError, KafkaError, asyncio.TimeoutError)
+TRANSIENT: tuple[type[BaseException], ...] = (*DB_TRANSIENT, KafkaError, asyncio.TimeoutError)
 
 
 async def ensure_topics(bootstrap: str) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -14,6 +16,27 @@ from services.common.errors import InfraError
 log = logging.getLogger(__name__)
 
 MIGRATION_LOCK = 72_410_001  # pg_advisory_lock key: one migrator at a time
+
+# The database is away (restarting, failing over, unreachable), not a bad statement:
+# retry later, never give up on (or dead-letter) the work.
+DB_TRANSIENT: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.exceptions.OperatorInterventionError,
+    OSError, InfraError,
+)
+
+T = TypeVar("T")
+
+
+async def until_done(what: str, fn: Callable[[], Awaitable[T]], max_delay: float = 5.0) -> T:
+    """Run `fn` until it does not fail for want of the database, with backoff."""
+    delay = 0.2
+    while True:
+        try:
+            return await fn()
+        except DB_TRANSIENT as exc:
+            log.warning("%s: database unavailable, retrying in %.1f s: %r", what, delay, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_delay)
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

@@ -30,6 +30,13 @@ async def emit(conn: asyncpg.Connection, message: Message, source: str,
     return env
 
 
+def _alive(conn: asyncpg.Connection) -> bool:
+    try:
+        return not conn.is_closed()
+    except asyncpg.InterfaceError:  # released back to the pool by its reset after an error
+        return False
+
+
 class OutboxRelay:
     def __init__(self, pool: asyncpg.Pool, producer: Producer, service: str, batch: int = 500) -> None:
         self.pool = pool
@@ -42,25 +49,35 @@ class OutboxRelay:
         listener: asyncpg.Connection | None = None
         while True:
             try:
-                if listener is None or listener.is_closed():
+                if listener is None or not _alive(listener):
+                    listener = await self._drop(listener)
                     listener = await self.pool.acquire()
                     await listener.add_listener(CHANNEL, lambda *_: self._wake.set())
                 while await self.publish_once():
                     pass
-            except TRANSIENT as exc:
+            except (*TRANSIENT, asyncpg.PostgresError) as exc:
+                # The database restarting cuts the listening connection too: take a new one.
                 log.warning("outbox relay (%s): %r; retrying", self.service, exc)
+                listener = await self._drop(listener)
                 await asyncio.sleep(1.0)
-                continue
-            except asyncpg.PostgresError as exc:
-                log.warning("outbox relay (%s): database error %r; retrying", self.service, exc)
-                await asyncio.sleep(1.0)
-                listener = None
                 continue
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=1.0)
             except TimeoutError:
                 pass
             self._wake.clear()
+
+    async def _drop(self, listener: asyncpg.Connection | None) -> None:
+        if listener is None:
+            return None
+        try:
+            await asyncio.wait_for(self.pool.release(listener), timeout=2.0)
+        except Exception:  # noqa: BLE001 - a dead connection: make sure it is gone
+            try:
+                listener.terminate()
+            except Exception as exc:  # noqa: BLE001
+                log.debug("outbox listener already gone: %r", exc)
+        return None
 
     async def publish_once(self) -> bool:
         """Publish one batch; True when there may be more."""

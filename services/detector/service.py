@@ -5,6 +5,7 @@ record in PostgreSQL so a restarted detector continues where it stopped."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
@@ -18,7 +19,7 @@ from aiokafka import ConsumerRecord
 
 from services.common import metrics
 from services.common.bus import ConsumeLoop, ConsumerSpec, Producer, broker_watch, ensure_topics
-from services.common.db import audit, connect_pool, migrate
+from services.common.db import DB_TRANSIENT, audit, connect_pool, migrate, until_done
 from services.common.outbox import CHANNEL as OUTBOX_CHANNEL
 from services.common.outbox import OutboxRelay, emit
 from services.common.runtime import gather_forever, require_infra, retry_start
@@ -124,7 +125,10 @@ class Detector:
         self.owned |= partitions
         now = time.time()
         taken = kept = 0
-        for r in await self.pool.fetch("SELECT name, detector, fence_target FROM hosts WHERE detector IS NOT NULL"):
+        pool = self.pool
+        rows = await until_done("resume host records", lambda: pool.fetch(
+            "SELECT name, detector, fence_target FROM hosts WHERE detector IS NOT NULL"))
+        for r in rows:
             if host_partition(r["name"], total) not in partitions or r["name"] in self.hosts:
                 continue
             parked = self.parked.pop(r["name"], None)
@@ -256,7 +260,7 @@ class Detector:
                     publishes.append(eff)
                 elif isinstance(eff, RequestFence):
                     fences.append(eff)
-            await self.persist(records, publishes)
+            await until_done("persist host records", functools.partial(self.persist, records, publishes))
             for req in fences:
                 asyncio.ensure_future(self.fence(req))
 
@@ -322,10 +326,14 @@ class Detector:
                     names.append(n)
                     times.append(r.last_heartbeat)
             if names:
-                await self.pool.execute(
-                    "UPDATE hosts SET last_heartbeat=v.t FROM unnest($1::text[], $2::timestamptz[]) AS v(n, t)"
-                    " WHERE hosts.name=v.n AND (hosts.last_heartbeat IS NULL OR hosts.last_heartbeat < v.t)",
-                    names, [_ts(t) for t in times])
+                try:
+                    await self.pool.execute(
+                        "UPDATE hosts SET last_heartbeat=v.t FROM unnest($1::text[], $2::timestamptz[]) AS v(n, t)"
+                        " WHERE hosts.name=v.n AND (hosts.last_heartbeat IS NULL OR hosts.last_heartbeat < v.t)",
+                        names, [_ts(t) for t in times])
+                except DB_TRANSIENT as exc:  # informational only: the next round writes them
+                    log.warning("last-heartbeat times not written: %r", exc)
+                    continue
                 flushed.update(zip(names, times, strict=True))
 
 

@@ -48,6 +48,7 @@ class Stack:
     kafka_bootstrap: str = field(default_factory=lambda: os.environ.get("EVACUATE_KAFKA_BOOTSTRAP", ""))
     database_url: str = field(default_factory=lambda: os.environ.get("EVACUATE_DATABASE_URL", ""))
     heartbeat_interval: float = 0.5
+    postgres_dir: Path | None = None  # the embedded PostgreSQL's data (default: the user's data dir)
     profile: str = "aggressive"
     extra_env: dict[str, str] = field(default_factory=dict)
     fresh_database: bool = False  # create (and at stop drop) a database of its own on the server
@@ -77,7 +78,7 @@ class Stack:
             self.broker = EmbeddedBroker().start()
             self.kafka_bootstrap = self.broker.bootstrap
         if not self.database_url:
-            self.postgres = EmbeddedPostgres(default_data_dir() / "pgdata").start()
+            self.postgres = EmbeddedPostgres(self.postgres_dir or default_data_dir() / "pgdata").start()
             self.database_url = self.postgres.url
         asyncio.run(self._prepare())
 
@@ -131,6 +132,16 @@ class Stack:
         self.host_size[name] = (memory_mib, cpus)
         self.host_env[name] = dict(env or {})
         self.spawn(f"executor-{name}", "services.executor", **self._extra_of(f"executor-{name}"))
+
+    def restart_postgres(self, down: float = 0.0) -> float:
+        """Stop the embedded PostgreSQL (fast shutdown: every connection is cut) and start
+        it again on the same data after `down` seconds. Returns the time it is back."""
+        if self.postgres is None:
+            raise RuntimeError("only an embedded PostgreSQL can be restarted by the stack")
+        self.postgres.stop()
+        time.sleep(down)
+        self.postgres.start()
+        return time.time()
 
     def restart_broker(self, down: float = 0.0) -> float:
         """Stop the embedded broker (it loses every topic, message and committed offset)

@@ -16,7 +16,7 @@ import asyncpg
 
 from services.common import metrics
 from services.common.bus import ConsumeLoop, ConsumerSpec, Producer, broker_watch, ensure_topics
-from services.common.db import already_processed, audit, connect_pool, migrate
+from services.common.db import DB_TRANSIENT, already_processed, audit, connect_pool, migrate
 from services.common.errors import BadMessage
 from services.common.outbox import OutboxRelay, emit
 from services.common.runtime import LOG_EVACUATION_ID, gather_forever, require_infra, retry_start
@@ -349,15 +349,22 @@ class Planner:
         assert self.pool is not None
         while True:
             await asyncio.sleep(min(5.0, self.s.result_timeout / 4))
-            cutoff = datetime.now(UTC) - timedelta(seconds=self.s.result_timeout)
-            async with self.pool.acquire() as conn, conn.transaction():
-                for item in await conn.fetch(
-                    "SELECT * FROM evacuation_items WHERE status='pending' AND ordered_at < $1 FOR UPDATE SKIP LOCKED",
-                    cutoff,
-                ):
-                    await self.retry_or_fail(conn, item, item["target"],
-                                             f"no result from {item['target']} within {self.s.result_timeout:.0f}s", [])
-                    await self.maybe_close(conn, item["evacuation_id"])
+            try:
+                await self._sweep_once()
+            except DB_TRANSIENT as exc:  # the next round sweeps again
+                log.warning("timeout sweep skipped: %r", exc)
+
+    async def _sweep_once(self) -> None:
+        assert self.pool is not None
+        cutoff = datetime.now(UTC) - timedelta(seconds=self.s.result_timeout)
+        async with self.pool.acquire() as conn, conn.transaction():
+            for item in await conn.fetch(
+                "SELECT * FROM evacuation_items WHERE status='pending' AND ordered_at < $1 FOR UPDATE SKIP LOCKED",
+                cutoff,
+            ):
+                await self.retry_or_fail(conn, item, item["target"],
+                                         f"no result from {item['target']} within {self.s.result_timeout:.0f}s", [])
+                await self.maybe_close(conn, item["evacuation_id"])
 
 
 async def amain(settings: PlannerSettings) -> None:
