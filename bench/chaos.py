@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 
@@ -22,6 +23,7 @@ def main() -> int:
     ap.add_argument("--scenario", choices=SCENARIOS, default=None)
     args = ap.parse_args()
     os.environ.setdefault("EVACUATE_LOG_LEVEL", "WARNING")
+    logging.basicConfig(level=logging.ERROR)  # this process's own clients: broker and database restarts are expected
     print(f"{'seed':>8} {'scenario':<14} {'VMs':>4} {'evacuated':>9} {'double':>6} {'lost':>4} {'recover s':>9}"
           "  faults")
     bad = 0

@@ -20,13 +20,15 @@ from pathlib import Path
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from services.common.db import DB_TRANSIENT
 from services.common.schemas import Topic
 from services.evacctl.demo import wait_ready
 from services.evacctl.invariants import InvariantChecker
 from services.evacctl.observe import ClusterView
 from services.evacctl.stack import Stack
 
-SCENARIOS = ("host-kill", "two-hosts", "service-crash", "duplicates", "poison", "host-return")
+SCENARIOS = ("host-kill", "two-hosts", "service-crash", "duplicates", "poison", "host-return", "broker-restart",
+             "postgres-restart")
 REPLAYED = (Topic.HOST_EVENTS, Topic.PLANS, Topic.ORDERS, Topic.RESULTS)
 
 
@@ -48,11 +50,20 @@ class Recorder:
     """Keeps every message seen on the replayed topics, to deliver them again."""
 
     def __init__(self, bootstrap: str) -> None:
-        self.consumer = AIOKafkaConsumer(*map(str, REPLAYED), bootstrap_servers=bootstrap,
-                                         group_id=f"chaos-{uuid.uuid4()}", auto_offset_reset="earliest",
-                                         fetch_max_wait_ms=10)
+        self.bootstrap = bootstrap
+        self.consumer = self._consumer()
         self.seen: list[tuple[str, bytes | None, bytes]] = []
         self.task: asyncio.Task[None] | None = None
+
+    def _consumer(self) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(*map(str, REPLAYED), bootstrap_servers=self.bootstrap,
+                                group_id=f"chaos-{uuid.uuid4()}", auto_offset_reset="earliest", fetch_max_wait_ms=10)
+
+    async def reconnect(self) -> None:
+        """After a broker restart: read the new broker's topics from their start."""
+        await self.stop()
+        self.consumer = self._consumer()
+        await self.start()
 
     async def start(self) -> None:
         await self.consumer.start()
@@ -94,7 +105,9 @@ async def run_one(seed: int, scenario: str | None = None, hosts: int = 4, vms: i
     scenario = scenario or rng.choice(SCENARIOS)
     res = RunResult(seed=seed, scenario=scenario)
     workdir = Path(tempfile.mkdtemp(prefix="evacuate-chaos-"))
-    stack = Stack(workdir, kafka_bootstrap="", fresh_database=True)
+    # A PostgreSQL restart needs a server of the run's own (embedded); others use the configured one.
+    stack = Stack(workdir, kafka_bootstrap="", fresh_database=True,
+                  **({"database_url": "", "postgres_dir": workdir / "pg"} if scenario == "postgres-restart" else {}))
     try:
         await asyncio.to_thread(stack.start_infra)
         stack.start_services()
@@ -108,7 +121,8 @@ async def run_one(seed: int, scenario: str | None = None, hosts: int = 4, vms: i
         await rec.start()
         producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all")
         await producer.start()
-        conn = await asyncpg.connect(stack.database_url)
+        # A pool, not one connection: a restarted PostgreSQL cuts connections, the pool replaces them.
+        conn = await asyncpg.create_pool(stack.database_url, min_size=1, max_size=2)
         checker = InvariantChecker(all_vms)
         try:
             await wait_ready(stack, view, hosts, hosts * vms, timeout=60)
@@ -119,16 +133,20 @@ async def run_one(seed: int, scenario: str | None = None, hosts: int = 4, vms: i
                 stack.kill(f"executor-{v}")
                 checker.dead.add(v)
             res.faults.append(f"kill {'+'.join(victims)}")
-            faults = asyncio.ensure_future(_inject(scenario, rng, stack, rec, producer, res))
+            faults = asyncio.ensure_future(_inject(scenario, rng, stack, rec, producer, res, view))
             done_at = None
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 checker.sample(view)
                 placed = all(any(h != vm.host and h not in checker.dead for h, _ in view.where(vm.uuid))
                              for vm in all_vms.values() if vm.host in victims and vm.shared)
-                open_ = await conn.fetchval("SELECT count(*) FROM evacuations WHERE status='running'")
-                closed = await conn.fetchval("SELECT count(*) FROM evacuations WHERE status<>'running'"
-                                             " AND trigger='NodeDown'")
+                try:
+                    open_ = await conn.fetchval("SELECT count(*) FROM evacuations WHERE status='running'")
+                    closed = await conn.fetchval("SELECT count(*) FROM evacuations WHERE status<>'running'"
+                                                 " AND trigger='NodeDown'")
+                except DB_TRANSIENT:  # the injected PostgreSQL restart
+                    await asyncio.sleep(0.1)
+                    continue
                 if placed and done_at is None:
                     done_at = time.time()
                 if done_at is not None and not open_ and closed >= len(victims) and faults.done():
@@ -160,7 +178,7 @@ async def run_one(seed: int, scenario: str | None = None, hosts: int = 4, vms: i
 
 
 async def _inject(scenario: str, rng: random.Random, stack: Stack, rec: Recorder, producer: AIOKafkaProducer,
-                  res: RunResult) -> None:
+                  res: RunResult, view: ClusterView) -> None:
     if scenario == "service-crash":
         svc = rng.choice(("detector", "planner", "templater"))
         await asyncio.sleep(rng.uniform(0.0, 2.5))
@@ -174,6 +192,18 @@ async def _inject(scenario: str, rng: random.Random, stack: Stack, rec: Recorder
             await asyncio.sleep(rng.uniform(1.0, 3.0))
             n = await _replay(producer, rec, rng)
             res.faults.append(f"redeliver {n} shuffled")
+    elif scenario == "broker-restart":
+        await asyncio.sleep(rng.uniform(0.0, 2.5))
+        down = rng.uniform(0.1, 3.0)
+        await asyncio.to_thread(stack.restart_broker, down)
+        res.faults.append(f"broker restart, {down:.1f}s down, every topic lost")
+        await view.reconnect()
+        await rec.reconnect()
+    elif scenario == "postgres-restart":
+        await asyncio.sleep(rng.uniform(0.0, 2.5))
+        down = rng.uniform(0.1, 3.0)
+        await asyncio.to_thread(stack.restart_postgres, down)
+        res.faults.append(f"PostgreSQL restart, {down:.1f}s down")
     elif scenario == "poison":
         for _ in range(3):
             await asyncio.sleep(rng.uniform(0.0, 2.0))

@@ -17,14 +17,25 @@ from services.common.schemas import DomainInfo, InstanceReport, Topic, decode
 
 class ClusterView:
     def __init__(self, bootstrap: str) -> None:
-        self.consumer = AIOKafkaConsumer(
-            str(Topic.HEARTBEATS), bootstrap_servers=bootstrap, group_id=f"observer-{uuid.uuid4()}",
-            auto_offset_reset="latest", fetch_max_wait_ms=10, enable_auto_commit=False,
-        )
+        self.bootstrap = bootstrap
+        self.consumer = self._consumer()
         self.reports: dict[str, InstanceReport] = {}
         self.report_time: dict[str, float] = {}  # when the newest report arrived here
         self.report_at: dict[str, float] = {}  # when its host sent it (a buffered report arrives late)
         self._task: asyncio.Task[None] | None = None
+
+    def _consumer(self) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
+            str(Topic.HEARTBEATS), bootstrap_servers=self.bootstrap, group_id=f"observer-{uuid.uuid4()}",
+            auto_offset_reset="latest", fetch_max_wait_ms=10, enable_auto_commit=False,
+        )
+
+    async def reconnect(self) -> None:
+        """After a broker restart: a new consumer on the new broker; the reports seen so
+        far stay until each host reports again."""
+        await self.stop()
+        self.consumer = self._consumer()
+        await self.start()
 
     async def start(self) -> None:
         await self.consumer.start()
