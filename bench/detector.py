@@ -10,6 +10,9 @@ process that sends HostHeartbeat for many simulated hosts, batched.
    heartbeat (acked by the broker) to its NodeDown on evacuate.host-events is printed.
 
     .venv/bin/python bench/detector.py [--hosts 10000] [--rounds 30] [--victims 5]
+    .venv/bin/python bench/detector.py --backlog [--hosts 10000] [--rounds 30]
+
+3. --backlog: the detector's own ceiling, the producer's speed aside (see `backlog`).
 """
 
 from __future__ import annotations
@@ -252,6 +255,78 @@ async def bench(args: argparse.Namespace) -> None:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+async def backlog(args: argparse.Namespace) -> None:
+    """The detector's own ceiling, whatever the producer's speed: register every host at
+    1 Hz, stop the detector (SIGTERM: it commits what it handled), queue --rounds rounds
+    of heartbeats for every host on the broker, start the detector again and time how
+    fast it works through the queue (from its first handled heartbeat to the last)."""
+    import signal
+
+    from services.evacctl.stack import Stack
+
+    workdir = Path(tempfile.mkdtemp(prefix="evacuate-bench-detector-"))
+    port = free_port()
+    stack = Stack(workdir, fresh_database=True, heartbeat_interval=1.0, profile="aggressive",
+                  extra_env={"EVACUATE_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+                             "EVACUATE_HEALTH_PORT": str(port)})
+    try:
+        await asyncio.to_thread(stack.start_infra)
+        stack.spawn("detector", "services.detector")
+        producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all", linger_ms=5,
+                                    max_batch_size=256 * 1024, enable_idempotence=False)
+        await producer.start()
+        topic = str(Topic.HEARTBEATS)
+        hosts = [_name(i) for i in range(args.hosts)]
+
+        async def one_round(seq: int) -> None:
+            futures = [await producer.send(topic, _heartbeat(h, seq, ""), key=h.encode()) for h in hosts]
+            await asyncio.gather(*futures)
+
+        conn = await asyncpg.connect(stack.database_url)
+        try:
+            seq = 0
+            while await conn.fetchval("SELECT count(*) FROM hosts") < args.hosts:
+                seq += 1
+                started = time.monotonic()
+                await one_round(seq)
+                await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
+            stack.kill("detector", signal.SIGTERM)
+            t0 = time.monotonic()
+            for _ in range(args.rounds):
+                seq += 1
+                await one_round(seq)
+            queued = args.rounds * args.hosts
+            print(f"hosts {args.hosts}: {queued:,} heartbeats queued in {time.monotonic() - t0:.1f} s"
+                  " with the detector stopped")
+            stack.restart("detector")
+            pid = stack.procs["detector"].pid
+            samples: list[tuple[float, float, float]] = []
+            async with httpx.AsyncClient(timeout=30) as client:
+                deadline = time.monotonic() + 600
+                while time.monotonic() < deadline:
+                    with contextlib.suppress(httpx.HTTPError):
+                        samples.append((time.time(), await handled(client, port), cpu_seconds(pid)))
+                        if samples[-1][1] >= queued:
+                            break
+                    await asyncio.sleep(0.1)
+            start = next(x for x in samples if x[1] > 0)
+            end = samples[-1]
+            n = end[1] - start[1]
+            wall = end[0] - start[0]
+            print(f"detector worked through {n:,.0f} queued heartbeats in {wall:.2f} s: {n / max(wall, 1e-9):,.0f}"
+                  f" heartbeats/s (goal >= 20,000/s), {n / max(end[2] - start[2], 1e-9):,.0f} per detector"
+                  f" CPU-second; load average {os.getloadavg()[0]:.1f}")
+            suspects = await conn.fetchval("SELECT count(*) FROM hosts WHERE state <> 'up'")
+            print(f"hosts not up afterwards (should be 0): {suspects}")
+        finally:
+            await conn.close()
+            await producer.stop()
+    finally:
+        stack.stop()
+        if not os.environ.get("BENCH_KEEP"):
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far."""
     with open(f"/proc/{pid}/stat") as f:
@@ -270,9 +345,14 @@ def main() -> None:
     ap.add_argument("--bootstrap", default="")
     ap.add_argument("--warmup", type=int, default=3, help="1 Hz rounds at least before the ceiling run")
     ap.add_argument("--victim", action="append")
+    ap.add_argument("--backlog", action="store_true",
+                    help="measure the detector working through --rounds queued rounds (its ceiling, producer aside)")
     args = ap.parse_args()
     if args.produce:
         asyncio.run(produce(args))
+    elif args.backlog:
+        os.environ.setdefault("EVACUATE_LOG_LEVEL", "WARNING")
+        asyncio.run(backlog(args))
     else:
         os.environ.setdefault("EVACUATE_LOG_LEVEL", "WARNING")
         asyncio.run(bench(args))

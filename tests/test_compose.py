@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from services.common import settings as settings_module
+from services.common.brokerwatch import EPOCH_TOPIC
 from services.common.bus import PARTITIONS
 from services.common.settings import CommonSettings
 
@@ -93,7 +94,8 @@ def test_kafka_is_kraft_and_init_creates_every_topic_with_its_partitions() -> No
     assert kafka["image"].startswith("apache/kafka:")
     assert "controller" in kafka["environment"]["KAFKA_PROCESS_ROLES"]
     script = "\n".join(SERVICES["kafka-init"]["command"])
-    specs = dict((t, int(p)) for t, p in re.findall(r"(evacuate\.[a-z-]+):(\d+):\d+", script))
+    specs = dict((t, int(p)) for t, p in re.findall(r"(evacuate\.[a-z-]+):(\d+):-?\d+", script))
+    assert specs.pop(EPOCH_TOPIC) == 1 and f"{EPOCH_TOPIC}:1:-1" in script  # the marker is kept for ever
     assert specs == {str(t): n for t, n in PARTITIONS.items()}
 
 

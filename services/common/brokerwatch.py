@@ -40,7 +40,8 @@ async def ensure_epoch(bootstrap: str) -> str:
     try:
         if EPOCH_TOPIC not in set(await admin.list_topics()):
             try:
-                await admin.create_topics([NewTopic(name=EPOCH_TOPIC, num_partitions=1, replication_factor=1)])
+                await admin.create_topics([NewTopic(name=EPOCH_TOPIC, num_partitions=1, replication_factor=1,
+                                                    topic_configs={"retention.ms": "-1"})])  # kept for ever
             except TopicAlreadyExistsError:
                 pass
     finally:
