@@ -27,6 +27,15 @@ DB_TRANSIENT: tuple[type[BaseException], ...] = (
 T = TypeVar("T")
 
 
+async def close_pool(pool: asyncpg.Pool, timeout: float = 5.0) -> None:
+    """Close a pool at shutdown without hanging on a connection someone still holds."""
+    try:
+        await asyncio.wait_for(pool.close(), timeout=timeout)
+    except TimeoutError:
+        log.warning("database pool did not close within %.0f s: terminating its connections", timeout)
+        pool.terminate()
+
+
 async def until_done(what: str, fn: Callable[[], Awaitable[T]], max_delay: float = 5.0) -> T:
     """Run `fn` until it does not fail for want of the database, with backoff."""
     delay = 0.2

@@ -44,21 +44,28 @@ class OutboxRelay:
         self.service = service
         self.batch = batch
         self._wake = asyncio.Event()
+        self._listener: asyncpg.Connection | None = None
 
     async def run(self) -> None:
-        listener: asyncpg.Connection | None = None
+        try:
+            await self._loop()
+        finally:
+            # Cancelled at shutdown: give the listening connection back, or closing the pool waits for it.
+            self._listener = await self._drop(self._listener)
+
+    async def _loop(self) -> None:
         while True:
             try:
-                if listener is None or not _alive(listener):
-                    listener = await self._drop(listener)
-                    listener = await self.pool.acquire()
-                    await listener.add_listener(CHANNEL, lambda *_: self._wake.set())
+                if self._listener is None or not _alive(self._listener):
+                    self._listener = await self._drop(self._listener)
+                    self._listener = await self.pool.acquire()
+                    await self._listener.add_listener(CHANNEL, lambda *_: self._wake.set())
                 while await self.publish_once():
                     pass
             except (*TRANSIENT, asyncpg.PostgresError) as exc:
                 # The database restarting cuts the listening connection too: take a new one.
                 log.warning("outbox relay (%s): %r; retrying", self.service, exc)
-                listener = await self._drop(listener)
+                self._listener = await self._drop(self._listener)
                 await asyncio.sleep(1.0)
                 continue
             try:

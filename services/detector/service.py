@@ -19,7 +19,7 @@ from aiokafka import ConsumerRecord
 
 from services.common import metrics
 from services.common.bus import ConsumeLoop, ConsumerSpec, Producer, broker_watch, ensure_topics
-from services.common.db import DB_TRANSIENT, audit, connect_pool, migrate, until_done
+from services.common.db import DB_TRANSIENT, audit, close_pool, connect_pool, migrate, until_done
 from services.common.outbox import CHANNEL as OUTBOX_CHANNEL
 from services.common.outbox import OutboxRelay, emit
 from services.common.runtime import gather_forever, require_infra, retry_start
@@ -113,7 +113,7 @@ class Detector:
         finally:
             await self.heartbeats.stop()
             await self.producer.stop()
-            await self.pool.close()
+            await close_pool(self.pool)
 
     async def take_partitions(self, partitions: set[int], total: int) -> None:
         """Own these partitions' hosts. A host whose record this detector parked when the

@@ -16,7 +16,7 @@ import asyncpg
 
 from services.common import metrics
 from services.common.bus import ConsumeLoop, ConsumerSpec, Producer, broker_watch, ensure_topics
-from services.common.db import DB_TRANSIENT, already_processed, audit, connect_pool, migrate
+from services.common.db import DB_TRANSIENT, already_processed, audit, close_pool, connect_pool, migrate
 from services.common.errors import BadMessage
 from services.common.outbox import OutboxRelay, emit
 from services.common.runtime import LOG_EVACUATION_ID, gather_forever, require_infra, retry_start
@@ -89,7 +89,7 @@ class Planner:
             await self.events.stop()
             await self.inventory.stop()
             await self.producer.stop()
-            await self.pool.close()
+            await close_pool(self.pool)
 
     # --- inventory ------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 
 from services.common.bus import ConsumeLoop, ConsumerSpec, Producer, broker_watch, ensure_topics
-from services.common.db import connect_pool
+from services.common.db import close_pool, connect_pool
 from services.common.domain_xml import parse_domain
 from services.common.errors import RebuildError
 from services.common.runtime import gather_forever, require_infra, retry_start
@@ -94,7 +94,7 @@ class Templater:
         finally:
             await self.plans.stop()
             await self.producer.stop()
-            await self.pool.close()
+            await close_pool(self.pool)
 
     async def template(self, ref: str) -> tuple[str, Any] | None:
         """The text and bodies of a template reference ``name`` (newest version) or
