@@ -41,7 +41,7 @@ class Executor:
         self.host = settings.host
         self.hv = Hypervisor(settings.libvirt_uri, settings.shared_storage, emulator=settings.emulator)
         self.leases = LeaseStore(settings.shared_storage, self.host, timeout=2.5 * settings.heartbeat_interval)
-        self.producer = Producer(settings.kafka_bootstrap, f"executor@{self.host}")
+        self.producer = Producer(settings.kafka_bootstrap, f"executor@{self.host}", large=True)
         # Heartbeats (bus and storage) and lease renewal have their own producer and their
         # own thread: they never queue behind rebuilds.
         self.hb_sender = HeartbeatSender(settings.kafka_bootstrap, f"executor@{self.host}",

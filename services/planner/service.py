@@ -209,8 +209,7 @@ class Planner:
         log.info("evacuation %s of %s: %d to rebuild, %d not placed", evac_id, source, len(assignments),
                  len(result.assignments) - len(assignments))
         if assignments:
-            await emit(conn, EvacuationPlan(evacuation_id=str(evac_id), source=source,
-                                            assignments=tuple(assignments)), SOURCE)
+            await emit_plans(conn, str(evac_id), source, assignments)
         else:
             await self.maybe_close(conn, evac_id)
 
@@ -338,10 +337,10 @@ class Planner:
                     continue
                 inst = {r["instance_uuid"]: await conn.fetchrow("SELECT * FROM instances WHERE uuid=$1",
                                                                  r["instance_uuid"]) for r in rows}
-                await emit(conn, EvacuationPlan(evacuation_id=str(evac["id"]), source=evac["source"], assignments=tuple(
+                await emit_plans(conn, str(evac["id"]), evac["source"], [
                     self._assignment(inst[r["instance_uuid"]], str(r["id"]), r["target"], r["attempt"],
                                      evac["leave_stopped"])
-                    for r in rows)), SOURCE)
+                    for r in rows])
                 log.info("reconcile: re-published %d pending orders of evacuation %s", len(rows), evac["id"])
 
     async def sweep_timeouts(self) -> None:
@@ -365,6 +364,19 @@ class Planner:
                 await self.retry_or_fail(conn, item, item["target"],
                                          f"no result from {item['target']} within {self.s.result_timeout:.0f}s", [])
                 await self.maybe_close(conn, item["evacuation_id"])
+
+
+# Assignments per EvacuationPlan message: each carries its instance's domain XML, and a
+# 1,000-VM host's plan in one message (~1.5 MB) would exceed Kafka's 1 MB default.
+PLAN_CHUNK = 100
+
+
+async def emit_plans(conn: asyncpg.Connection, evacuation_id: str, source: str, assignments: list[Assignment]) -> None:
+    """An evacuation's plan as messages of at most PLAN_CHUNK assignments (the templater
+    handles each on its own)."""
+    for i in range(0, len(assignments), PLAN_CHUNK):
+        await emit(conn, EvacuationPlan(evacuation_id=evacuation_id, source=source,
+                                        assignments=tuple(assignments[i:i + PLAN_CHUNK])), SOURCE)
 
 
 async def amain(settings: PlannerSettings) -> None:
