@@ -147,7 +147,7 @@ async def run_one(seed: int, scenario: str | None = None, hosts: int = 4, vms: i
                     open_ = await conn.fetchval("SELECT count(*) FROM evacuations WHERE status='running'")
                     closed = await conn.fetchval("SELECT count(*) FROM evacuations WHERE status<>'running'"
                                                  " AND trigger='NodeDown'")
-                except DB_TRANSIENT:  # the injected PostgreSQL restart
+                except (*DB_TRANSIENT, asyncpg.exceptions.InternalClientError):  # the injected PostgreSQL restart
                     await asyncio.sleep(0.1)
                     continue
                 if placed and done_at is None:

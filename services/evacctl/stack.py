@@ -211,7 +211,10 @@ class Stack:
             if self._created_db:
                 drop = admin_sql(self._admin_url, f'DROP DATABASE IF EXISTS "{self._created_db}" WITH (FORCE)')
                 with ThreadPoolExecutor(1) as pool:  # stop() may be called from inside an event loop
-                    pool.submit(asyncio.run, drop).result()
+                    try:
+                        pool.submit(asyncio.run, drop).result()
+                    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                        print(f"stack: could not drop database {self._created_db}: {exc!r}", file=sys.stderr)
                 self._created_db = ""
         finally:
             if self.broker:
