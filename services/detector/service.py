@@ -60,7 +60,7 @@ from services.detector.failure_detector import (
     step_host,
 )
 from services.detector.fencing import FenceOutcome, Fencer, registry
-from services.detector.ownership import Ownership, host_partition
+from services.detector.ownership import Ownership
 from services.detector.storage import StorageHeartbeatScanner
 
 log = logging.getLogger("services.detector")
@@ -90,7 +90,6 @@ class Detector:
         # judges only the hosts whose partition it owns (commands and cleanup results come
         # on that same partition), loaded from PostgreSQL when the partition is assigned.
         self.owned: set[int] = set()
-        self.parked: dict[str, HostRecord] = {}  # records of revoked partitions, until the next assignment
         self.blind: str | None = None  # why this detector hears no host (it then judges none)
         self.blind_checked = float("-inf")
         self.heartbeats = _HeartbeatLoop(self, settings.kafka_bootstrap, ConsumerSpec(
@@ -114,43 +113,6 @@ class Detector:
             await self.heartbeats.stop()
             await self.producer.stop()
             await close_pool(self.pool)
-
-    async def take_partitions(self, partitions: set[int], total: int) -> None:
-        """Own these partitions' hosts. A host whose record this detector parked when the
-        same rebalance revoked it (the group rejoining, e.g. after a broker restart) keeps
-        that record: it is newer than PostgreSQL's; others are resumed from PostgreSQL.
-        Either way with fresh windows: the time nobody watched a host is neither its bus
-        silence nor its storage silence, so no expiry is proven by a gap in watching."""
-        assert self.pool is not None
-        self.owned |= partitions
-        now = time.time()
-        taken = kept = 0
-        pool = self.pool
-        rows = await until_done("resume host records", lambda: pool.fetch(
-            "SELECT name, detector, fence_target FROM hosts WHERE detector IS NOT NULL"))
-        for r in rows:
-            if host_partition(r["name"], total) not in partitions or r["name"] in self.hosts:
-                continue
-            parked = self.parked.pop(r["name"], None)
-            rec = parked if parked is not None else HostRecord.from_dict(r["detector"])
-            kept += parked is not None
-            taken += parked is None
-            if rec.state in (HostState.up, HostState.suspect):
-                rec = replace(rec, last_heartbeat=now)
-            if rec.state != HostState.down and rec.last_storage_heartbeat is not None:
-                rec = replace(rec, last_storage_heartbeat=max(rec.last_storage_heartbeat, now))
-            self.hosts[r["name"]] = rec
-            self.fence_targets[r["name"]] = r["fence_target"]
-        self.parked.clear()
-        log.info("owning heartbeat partitions %s: %d hosts kept, %d resumed from the database", sorted(self.owned),
-                 kept, taken)
-
-    def drop_partitions(self, partitions: set[int], total: int) -> None:
-        """Another detector may own these hosts now; their records are in PostgreSQL.
-        Parked until the rebalance's assignment says whether they come back here."""
-        self.owned -= partitions
-        for name in [n for n in self.hosts if host_partition(n, total) in partitions]:
-            self.parked[name] = self.hosts.pop(name)
 
     @property
     def state(self) -> DetectorState:
