@@ -227,9 +227,14 @@ class ConsumeLoop:
                 for record in records:
                     await self._handle(record)
                 await self._commit(tp, records[-1].offset + 1)
+            await self._fetched()
             if not batch:
                 continue
             log.debug("%s handled %d records", spec.name, sum(len(r) for r in batch.values()))
+
+    async def _fetched(self) -> None:
+        """Called after each batch (or empty poll) is handled; a subclass may look at
+        positions and high watermarks here."""
 
     async def _commit(self, tp: TopicPartition, offset: int) -> None:
         try:

@@ -17,5 +17,7 @@ RECOVERY_SECONDS = Histogram(
 )
 FENCE_ATTEMPTS = Counter("evacuate_fence_attempts_total", "Fence attempts", ["driver", "ok"])
 HOSTS_BY_STATE = Gauge("evacuate_hosts", "Hosts by detector state", ["state"])
+DETECTOR_LAG = Gauge("evacuate_detector_lag_seconds",
+                     "How far behind the present the detector has read its heartbeats (it judges at that time)")
 DETECTOR_BLIND = Gauge("evacuate_detector_blind", "1 while this detector hears no watched host (it judges none)")
 REBUILDS = Counter("evacuate_rebuilds_total", "Rebuilds on this executor", ["ok"])

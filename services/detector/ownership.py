@@ -61,6 +61,7 @@ class Ownership(ConsumerRebalanceListener):  # type: ignore[misc]
         assert d.pool is not None
         d.owned |= partitions
         now = time.time()
+        d.heard.own(partitions, now)
         taken = kept = 0
         pool = d.pool
         rows = await until_done("resume host records", lambda: pool.fetch(
@@ -87,5 +88,6 @@ class Ownership(ConsumerRebalanceListener):  # type: ignore[misc]
         Parked until the rebalance's assignment says whether they come back here."""
         d = self.detector
         d.owned -= partitions
+        d.heard.drop(partitions)
         for name in [n for n in d.hosts if host_partition(n, total) in partitions]:
             self.parked[name] = d.hosts.pop(name)

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 from aiokafka import ConsumerRecord
+from aiokafka.errors import KafkaError
 
 from services.common import metrics
 from services.common.bus import ConsumeLoop, ConsumerSpec, Producer, broker_watch, ensure_topics
@@ -60,6 +61,7 @@ from services.detector.failure_detector import (
     step_host,
 )
 from services.detector.fencing import FenceOutcome, Fencer, registry
+from services.detector.lag import HeardUntil
 from services.detector.ownership import Ownership
 from services.detector.storage import StorageHeartbeatScanner
 
@@ -92,6 +94,8 @@ class Detector:
         self.owned: set[int] = set()
         self.blind: str | None = None  # why this detector hears no host (it then judges none)
         self.blind_checked = float("-inf")
+        self.heard = HeardUntil()  # up to when each owned partition is read: the ticks' clock
+        self.lag_logged = float("-inf")
         self.heartbeats = _HeartbeatLoop(self, settings.kafka_bootstrap, ConsumerSpec(
             name="detector", group="detector", topics=(str(Topic.HEARTBEATS),),
             handler=self.on_message, types=frozenset({"HostHeartbeat", "CleanupResult", "HostCommand"}),
@@ -137,7 +141,6 @@ class Detector:
         persisted with the effects; a heartbeat that changes only times costs O(1)."""
         changed: dict[str, HostRecord] = {}
         if isinstance(event, Tick):
-            self._watch_blindness(event.at)
             before = self.hosts
             new_state, effects = step(DetectorState(hosts=before), event, self.timings)
             after = new_state.hosts
@@ -173,8 +176,19 @@ class Detector:
             self.feed(Operator(host=msg.host, at=time.time(), command=msg.command))
 
     async def ticker(self) -> None:
+        """Ticks judge at the time up to which every owned partition is read (see lag.py),
+        so a detector working through a backlog suspects nobody whose heartbeats wait in it."""
         while True:
-            self.feed(Tick(at=time.time()))
+            now = time.time()
+            self._watch_blindness(now)
+            at = self.heard.judge_at(now)
+            metrics.DETECTOR_LAG.set(now - at)
+            behind = self.heard.behind(now, 2 * self.timings.heartbeat_interval)
+            if behind and now - self.lag_logged >= 10.0:
+                self.lag_logged = now
+                log.warning("heartbeats read behind the broker (partition: seconds) %s: hosts there are not judged"
+                            " until this detector has caught up", {p: round(b, 1) for p, b in behind.items()})
+            self.feed(Tick(at=at))
             await asyncio.sleep(self.s.tick_interval)
 
     async def count_states(self) -> None:
@@ -368,6 +382,21 @@ class _HeartbeatLoop(ConsumeLoop):
             # let the ticker, the effects and the relay run in between.
             self.since_yield = 0
             await asyncio.sleep(0)
+
+
+    async def _fetched(self) -> None:
+        """Tell the detector which heartbeat partitions are read up to their last fetch."""
+        heard = self.detector.heard
+        topic = str(Topic.HEARTBEATS)
+        for tp in self.consumer.assignment():
+            if tp.topic != topic:
+                continue
+            try:
+                position = await asyncio.wait_for(self.consumer.position(tp), 0.1)
+                polled = self.consumer.last_poll_timestamp(tp)
+            except (TimeoutError, AssertionError, KafkaError):  # a rebalance or reset under way: next batch
+                continue
+            heard.fetched(tp.partition, position, self.consumer.highwater(tp), polled / 1000 if polled else None)
 
 
 def _ts(t: float) -> datetime:

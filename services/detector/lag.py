@@ -1,0 +1,52 @@
+"""Up to when the detector has heard everything: the clock its ticks judge by.
+
+A heartbeat is stamped with the time the detector reads it. A host is silent at time T
+only if the detector has read everything sent to its partition up to T; a detector that
+is behind (restarted onto a backlog, starved of CPU, reading one partition while another
+waits) has not, and judging at the wall clock would suspect the hosts whose heartbeats
+are merely queued — and fence them. So each heartbeat partition has a "heard until" time:
+the moment of the last fetch whose high watermark the consumer has reached (everything
+on the broker then has been handled). The detector's ticks judge at the earliest of its
+partitions' times: while it is behind, judging waits; once caught up it is the present
+again (within one fetch wait). A truly dead host is then found as soon as the detector
+has caught up, never before it is proven silent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class HeardUntil:
+    """Per owned partition: the time up to which every record has been handled."""
+
+    until: dict[int, float] = field(default_factory=dict)
+
+    def own(self, partitions: set[int], now: float) -> None:
+        """Newly owned partitions start at `now`: their hosts get fresh windows then, and
+        nothing counts as heard after it until the consumer has caught up with them."""
+        for p in partitions:
+            self.until.setdefault(p, now)
+
+    def drop(self, partitions: set[int]) -> None:
+        for p in partitions:
+            self.until.pop(p, None)
+
+    def fetched(self, partition: int, position: int, highwater: int | None, polled_at: float | None) -> None:
+        """After handling a batch: if the consumer's position has reached the high
+        watermark of the partition's last fetch, everything there at that fetch's time is
+        heard. Otherwise (records still queued) the partition's time stays where it was."""
+        if partition not in self.until or highwater is None or polled_at is None or position < highwater:
+            return
+        if polled_at > self.until[partition]:
+            self.until[partition] = polled_at
+
+    def judge_at(self, now: float) -> float:
+        """The time ticks judge at: the earliest heard-until of the owned partitions,
+        never later than now (the wall clock when nothing is owned)."""
+        return min(now, *self.until.values()) if self.until else now
+
+    def behind(self, now: float, more_than: float) -> dict[int, float]:
+        """Partitions more than `more_than` seconds behind, with how far."""
+        return {p: now - t for p, t in sorted(self.until.items()) if now - t > more_than}
