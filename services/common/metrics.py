@@ -17,6 +17,12 @@ RECOVERY_SECONDS = Histogram(
 )
 FENCE_ATTEMPTS = Counter("evacuate_fence_attempts_total", "Fence attempts", ["driver", "ok"])
 HOSTS_BY_STATE = Gauge("evacuate_hosts", "Hosts by detector state", ["state"])
+HEARTBEAT_GAP = Histogram(
+    "evacuate_heartbeat_gap_seconds",
+    "Time between two heartbeats of one up host as this detector read them: the detection timeout must exceed the"
+    " largest, or a live host is suspected",
+    buckets=(0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 6.0, 10.0),
+)
 DETECTOR_LAG = Gauge("evacuate_detector_lag_seconds",
                      "How far behind the present the detector has read its heartbeats (it judges at that time)")
 DETECTOR_BLIND = Gauge("evacuate_detector_blind", "1 while this detector hears no watched host (it judges none)")

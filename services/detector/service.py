@@ -6,20 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
-import re
 import time
-import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
 
 import asyncpg
-from aiokafka import ConsumerRecord
-from aiokafka.errors import KafkaError
 
 from services.common import metrics
-from services.common.bus import ConsumeLoop, ConsumerSpec, Producer, broker_watch, ensure_topics
+from services.common.bus import ConsumerSpec, Producer, broker_watch, ensure_topics
 from services.common.db import DB_TRANSIENT, audit, close_pool, connect_pool, migrate, until_done
 from services.common.outbox import CHANNEL as OUTBOX_CHANNEL
 from services.common.outbox import OutboxRelay, emit
@@ -61,6 +56,7 @@ from services.detector.failure_detector import (
     step_host,
 )
 from services.detector.fencing import FenceOutcome, Fencer, registry
+from services.detector.intake import HeartbeatLoop
 from services.detector.lag import HeardUntil
 from services.detector.ownership import Ownership
 from services.detector.storage import StorageHeartbeatScanner
@@ -96,7 +92,8 @@ class Detector:
         self.blind_checked = float("-inf")
         self.heard = HeardUntil()  # up to when each owned partition is read: the ticks' clock
         self.lag_logged = float("-inf")
-        self.heartbeats = _HeartbeatLoop(self, settings.kafka_bootstrap, ConsumerSpec(
+        self.gaps = metrics.HEARTBEAT_GAP
+        self.heartbeats = HeartbeatLoop(self, settings.kafka_bootstrap, ConsumerSpec(
             name="detector", group="detector", topics=(str(Topic.HEARTBEATS),),
             handler=self.on_message, types=frozenset({"HostHeartbeat", "CleanupResult", "HostCommand"}),
             listener=Ownership(self),
@@ -164,7 +161,11 @@ class Detector:
     def on_heartbeat(self, host: str, fence_driver: str, fence_target: str) -> None:
         if fence_target:
             self.fence_targets[host] = fence_target
-        self.feed(Heartbeat(host=host, at=time.time(), fence_driver=fence_driver))
+        now = time.time()
+        prev = self.hosts.get(host)
+        if prev is not None and prev.last_heartbeat is not None and prev.state == HostState.up:
+            self.gaps.observe(now - prev.last_heartbeat)  # the silence a detection timeout must outlast
+        self.feed(Heartbeat(host=host, at=now, fence_driver=fence_driver))
 
     async def on_message(self, env: Envelope, msg: Message) -> None:
         if isinstance(msg, HostHeartbeat):
@@ -316,87 +317,6 @@ class Detector:
 def _persisted(before: HostRecord | None, after: HostRecord) -> bool:
     """A change worth a database write: a new host, a new state or a new fence round."""
     return before is None or before.state != after.state or before.fence_attempts != after.fence_attempts
-
-
-_HEARTBEAT_FIELDS = frozenset({"host", "seq", "fence_driver", "fence_target", "storage_ok"})
-_CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-_ENVELOPE_FIELDS = frozenset({"type", "version", "id", "at", "source", "data"})
-
-
-def _fast_heartbeat(raw: bytes | None) -> tuple[str, str, str] | None:
-    """(host, fence_driver, fence_target) of a well-formed HostHeartbeat v1, checked by
-    hand against its schema; None for anything else, which then takes the full path
-    (pydantic decode, dead letter with the reason). Heartbeats are nearly all the
-    detector's traffic, and the full decode costs more than the rest of their handling."""
-    if raw is None or b'"HostHeartbeat"' not in raw:
-        return None
-    try:
-        obj = json.loads(raw)
-    except ValueError:
-        return None
-    if type(obj) is not dict or obj.keys() != _ENVELOPE_FIELDS or obj["type"] != "HostHeartbeat":
-        return None
-    data, at, ident = obj["data"], obj["at"], obj["id"]
-    if (type(obj["version"]) is not int or obj["version"] != HostHeartbeat.VERSION or type(obj["source"]) is not str
-            or type(at) is not str or "T" not in at or type(ident) is not str or type(data) is not dict
-            or not data.keys() <= _HEARTBEAT_FIELDS):
-        return None
-    host, seq = data.get("host"), data.get("seq")
-    driver, target = data.get("fence_driver", "process"), data.get("fence_target", "")
-    if (type(host) is not str or type(seq) is not int or type(driver) is not str or type(target) is not str
-            or type(data.get("storage_ok", True)) is not bool):
-        return None
-    try:
-        if not _CANONICAL_UUID.fullmatch(ident):
-            uuid.UUID(ident)  # what the schema accepts, in any of its spellings
-        datetime.fromisoformat(at)
-    except ValueError:
-        return None
-    return host, driver, target
-
-
-class _HeartbeatLoop(ConsumeLoop):
-    """The detector's consume loop: well-formed heartbeats go straight to the core;
-    everything else (other types, anything malformed) takes ConsumeLoop's full path."""
-
-    def __init__(self, detector: Detector, *args: object) -> None:
-        super().__init__(*args)  # type: ignore[arg-type]
-        self.detector = detector
-        self.handled = metrics.HANDLED.labels(consumer="detector", type="HostHeartbeat")
-        self.since_yield = 0
-
-    async def _handle(self, record: ConsumerRecord) -> None:
-        hb = _fast_heartbeat(record.value) if record.topic == str(Topic.HEARTBEATS) else None
-        if hb is None:
-            await super()._handle(record)
-            return
-        try:
-            self.detector.on_heartbeat(*hb)
-        except Exception:  # noqa: BLE001 - the full path retries, logs and dead-letters it
-            await super()._handle(record)
-            return
-        self.handled.inc()
-        self.since_yield += 1
-        if self.since_yield >= 256:
-            # A fetched batch holds thousands of heartbeats and handling one never waits:
-            # let the ticker, the effects and the relay run in between.
-            self.since_yield = 0
-            await asyncio.sleep(0)
-
-
-    async def _fetched(self) -> None:
-        """Tell the detector which heartbeat partitions are read up to their last fetch."""
-        heard = self.detector.heard
-        topic = str(Topic.HEARTBEATS)
-        for tp in self.consumer.assignment():
-            if tp.topic != topic:
-                continue
-            try:
-                position = await asyncio.wait_for(self.consumer.position(tp), 0.1)
-                polled = self.consumer.last_poll_timestamp(tp)
-            except (TimeoutError, AssertionError, KafkaError):  # a rebalance or reset under way: next batch
-                continue
-            heard.fetched(tp.partition, position, self.consumer.highwater(tp), polled / 1000 if polled else None)
 
 
 def _ts(t: float) -> datetime:
