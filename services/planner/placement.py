@@ -170,7 +170,7 @@ class _Planner:
             min((i.flavor.disk_gib for i in placeable), default=0),
         )
         wanted = {i.aggregate for i in placeable if i.aggregate is not None}
-        self.heaps = HostHeaps(wanted, smallest)
+        self.heaps = HostHeaps(wanted, smallest, self.hosts)
         for name in sorted(self.hosts):
             host = self.hosts[name]
             self.heaps.add(host, Pool.RESERVED if host.info.reserved else Pool.NORMAL)
@@ -273,7 +273,7 @@ class _Planner:
 
                 for pool in candidate.pools:
                     aggregate = candidate.instance.aggregate
-                    host = self.heaps.best(pool, aggregate, need, self.hosts, accept, examined)
+                    host = self.heaps.best(pool, aggregate, need, accept, examined)
                     if host is not None:
                         return host, lead, candidate.notes(need, keep_soft)
         return examined
