@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -30,32 +29,16 @@ import tempfile
 import threading
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import asyncpg
 import httpx
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from _sim import cpu_seconds, handled, heartbeat, heartbeat_producer, host_name  # bench/: the script's own dir
+from aiokafka import AIOKafkaConsumer
 
 from services.common.embedded import free_port
 from services.common.schemas import Topic
-
-HANDLED = re.compile(r'^evacuate_messages_handled_total\{consumer="detector",type="HostHeartbeat"\} (\S+)$', re.M)
-
-
-def _name(i: int) -> str:
-    return f"sim{i:05d}"
-
-
-def _heartbeat(host: str, seq: int, target: str) -> bytes:
-    """Victims carry a `process` fence target (a sleeping process); the other hosts the
-    `manual` driver, so that a host wrongly suspected on an overloaded machine waits for
-    an operator instead of starting a storm of failing fences."""
-    at = datetime.now(UTC).isoformat()
-    driver = "process" if target else "manual"
-    return (f'{{"type":"HostHeartbeat","version":1,"id":"{uuid.uuid4()}","at":"{at}","source":"bench",'
-            f'"data":{{"host":"{host}","seq":{seq},"fence_driver":"{driver}","fence_target":"{target}"}}}}').encode()
-
 
 # --- the producer process -----------------------------------------------------------------
 
@@ -65,8 +48,7 @@ async def produce(args: argparse.Namespace) -> None:
     --warmup rounds at 1 Hz, --rounds rounds as fast as possible (the ceiling), then
     --detect-seconds rounds at 1 Hz in which the victims stop after 3 s. Prints one JSON
     line per phase boundary."""
-    producer = AIOKafkaProducer(bootstrap_servers=args.bootstrap, acks="all", linger_ms=5,
-                                max_batch_size=256 * 1024, enable_idempotence=False)
+    producer = heartbeat_producer(args.bootstrap)
     await producer.start()
     victims = dict(v.split("=") for v in args.victim) if args.victim else {}
     last_acked: dict[str, float] = {}
@@ -88,10 +70,10 @@ async def produce(args: argparse.Namespace) -> None:
             stopped = stop_victims_after is not None and round_start - started >= stop_victims_after
             futures = []
             for i in range(args.hosts):
-                host = _name(i)
+                host = host_name(i)
                 if host in victims and stopped:
                     continue
-                fut = await producer.send(topic, _heartbeat(host, seq, victims.get(host, "")), key=host.encode())
+                fut = await producer.send(topic, heartbeat(host, seq, victims.get(host, "")), key=host.encode())
                 if host in victims:
                     fut.add_done_callback(lambda _f, h=host: last_acked.__setitem__(h, time.time()))
                 futures.append(fut)
@@ -123,12 +105,6 @@ async def produce(args: argparse.Namespace) -> None:
 # --- the bench ------------------------------------------------------------------------------
 
 
-async def handled(client: httpx.AsyncClient, port: int) -> float:
-    r = await client.get(f"http://127.0.0.1:{port}/metrics")
-    m = HANDLED.search(r.text)
-    return float(m.group(1)) if m else 0.0
-
-
 async def bench(args: argparse.Namespace) -> None:
     from services.evacctl.stack import Stack
 
@@ -146,7 +122,7 @@ async def bench(args: argparse.Namespace) -> None:
         for i in range(args.victims):
             p = subprocess.Popen(["sleep", "3600"], start_new_session=True)
             sleepers.append(p)
-            victims[_name(i * (args.hosts // max(1, args.victims)))] = p.pid
+            victims[host_name(i * (args.hosts // max(1, args.victims)))] = p.pid
         async with httpx.AsyncClient(timeout=30) as client:
             for _ in range(300):
                 try:
@@ -272,14 +248,13 @@ async def backlog(args: argparse.Namespace) -> None:
     try:
         await asyncio.to_thread(stack.start_infra)
         stack.spawn("detector", "services.detector")
-        producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all", linger_ms=5,
-                                    max_batch_size=256 * 1024, enable_idempotence=False)
+        producer = heartbeat_producer(stack.kafka_bootstrap)
         await producer.start()
         topic = str(Topic.HEARTBEATS)
-        hosts = [_name(i) for i in range(args.hosts)]
+        hosts = [host_name(i) for i in range(args.hosts)]
 
         async def one_round(seq: int) -> None:
-            futures = [await producer.send(topic, _heartbeat(h, seq, ""), key=h.encode()) for h in hosts]
+            futures = [await producer.send(topic, heartbeat(h, seq, ""), key=h.encode()) for h in hosts]
             await asyncio.gather(*futures)
 
         conn = await asyncpg.connect(stack.database_url)
@@ -325,13 +300,6 @@ async def backlog(args: argparse.Namespace) -> None:
         stack.stop()
         if not os.environ.get("BENCH_KEEP"):
             shutil.rmtree(workdir, ignore_errors=True)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
