@@ -151,6 +151,7 @@ class Producer:
 
 
 Handler = Callable[[Envelope, Message], Awaitable[None]]
+BatchHandler = Callable[[list[tuple[Envelope, Message]]], Awaitable[None]]
 
 
 @dataclass
@@ -167,6 +168,12 @@ class ConsumerSpec:
     # None: the service's setting. A consumer off the recovery path (inventory, live
     # stream) polls less often: on the embedded broker every empty fetch costs CPU.
     fetch_max_wait_ms: int | None = None
+    # Consecutive records of these types in one fetched batch go to `batch_handler` together
+    # (one transaction for many results, say). It must be all-or-nothing: if it raises
+    # anything but a transient error, the records are handled one by one by `handler`,
+    # which keeps the retry and dead-letter rules per message.
+    batch_types: frozenset[str] = frozenset()
+    batch_handler: BatchHandler | None = None
 
 
 class ConsumeLoop:
@@ -224,8 +231,11 @@ class ConsumeLoop:
             if not self.ready.is_set() and self.consumer.assignment():
                 self.ready.set()
             for tp, records in batch.items():
-                for record in records:
-                    await self._handle(record)
+                if spec.batch_handler is None:
+                    for record in records:
+                        await self._handle(record)
+                else:
+                    await self._handle_batched(records)
                 await self._commit(tp, records[-1].offset + 1)
             await self._fetched()
             if not batch:
@@ -242,18 +252,65 @@ class ConsumeLoop:
         except KafkaError as exc:  # a rebalance: the next owner re-reads; handlers are idempotent
             log.warning("%s: commit of %s@%d failed: %s", self.spec.name, tp, offset, exc)
 
-    async def _handle(self, record: ConsumerRecord) -> None:
+    async def _decode(self, record: ConsumerRecord) -> tuple[Envelope, Message] | None:
+        """The record's envelope and message; None if it is not ours or was dead-lettered."""
         spec = self.spec
         if spec.key is not None and (record.key or b"").decode(errors="replace") != spec.key:
-            return
+            return None
         try:
             env = decode_envelope(record.value)
             if spec.types is not None and env.type not in spec.types:
-                return  # not ours: its own consumer validates (and, if bad, dead-letters) its body
-            msg = decode_body(env)
+                return None  # not ours: its own consumer validates (and, if bad, dead-letters) its body
+            return env, decode_body(env)
         except BadMessage as exc:
             await self.producer.dead_letter(record, str(exc), spec.name)
+            return None
+
+    async def _handle_batched(self, records: list[ConsumerRecord]) -> None:
+        """Records in order; runs of consecutive batch_types records go to the batch handler."""
+        run: list[tuple[ConsumerRecord, Envelope, Message]] = []
+        for record in records:
+            decoded = await self._decode(record)
+            if decoded is None:
+                continue
+            if decoded[0].type in self.spec.batch_types:
+                run.append((record, *decoded))
+                continue
+            await self._flush(run)
+            run = []
+            await self._dispatch(record, *decoded)
+        await self._flush(run)
+
+    async def _flush(self, run: list[tuple[ConsumerRecord, Envelope, Message]]) -> None:
+        spec = self.spec
+        if len(run) < 2 or spec.batch_handler is None:
+            for record, env, msg in run:
+                await self._dispatch(record, env, msg)
             return
+        backoff = 0.2
+        while True:
+            try:
+                with metrics.HANDLER_SECONDS.labels(consumer=spec.name, type="batch").time():
+                    await spec.batch_handler([(env, msg) for _, env, msg in run])
+                for _, env, _ in run:
+                    metrics.HANDLED.labels(consumer=spec.name, type=env.type).inc()
+                return
+            except TRANSIENT as exc:
+                log.warning("%s: batch of %d: transient error, retrying: %r", spec.name, len(run), exc)
+            except Exception:  # noqa: BLE001 - one by one finds the poison message and keeps the rest
+                log.exception("%s: batch of %d failed: handling its messages one by one", spec.name, len(run))
+                for record, env, msg in run:
+                    await self._dispatch(record, env, msg)
+                return
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    async def _handle(self, record: ConsumerRecord) -> None:
+        decoded = await self._decode(record)
+        if decoded is not None:
+            await self._dispatch(record, *decoded)
+
+    async def _dispatch(self, record: ConsumerRecord, env: Envelope, msg: Message) -> None:
         data = env.data
         evacuation_id = data.get("evacuation_id")
         host = data.get("host") or data.get("source")  # the host a message is about (the failed one for a plan)

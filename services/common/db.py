@@ -115,9 +115,23 @@ async def already_processed(conn: asyncpg.Connection, consumer: str, message_id:
     return row is None
 
 
+async def newly_processed(conn: asyncpg.Connection, consumer: str, message_ids: list[str]) -> set[str]:
+    """already_processed for many messages in one statement: the ids not handled before."""
+    rows = await conn.fetch(
+        "INSERT INTO processed_messages (consumer, message_id) SELECT $1, unnest($2::text[])"
+        " ON CONFLICT DO NOTHING RETURNING message_id", consumer, message_ids)
+    return {r["message_id"] for r in rows}
+
+
+_AUDIT = "INSERT INTO audit (kind, detail, host, evacuation_id, data) VALUES ($1, $2, $3, $4, $5)"
+
+
 async def audit(conn: asyncpg.Connection, kind: str, detail: str, *, host: str | None = None,
                 evacuation_id: Any = None, data: dict[str, Any] | None = None) -> None:
-    await conn.execute(
-        "INSERT INTO audit (kind, detail, host, evacuation_id, data) VALUES ($1, $2, $3, $4, $5)",
-        kind, detail, host, evacuation_id, data or {},
-    )
+    await conn.execute(_AUDIT, kind, detail, host, evacuation_id, data or {})
+
+
+async def audit_many(conn: asyncpg.Connection, rows: list[tuple[str, str, str | None, Any, dict[str, Any]]]) -> None:
+    """Several audit lines in one statement: (kind, detail, host, evacuation_id, data)."""
+    if rows:
+        await conn.executemany(_AUDIT, rows)

@@ -15,7 +15,7 @@ import asyncpg
 
 from services.common import metrics
 from services.common.bus import ConsumerSpec, Producer, broker_watch, ensure_topics
-from services.common.db import DB_TRANSIENT, audit, close_pool, connect_pool, migrate, until_done
+from services.common.db import DB_TRANSIENT, audit, audit_many, close_pool, connect_pool, migrate, until_done
 from services.common.outbox import CHANNEL as OUTBOX_CHANNEL
 from services.common.outbox import OutboxRelay, emit
 from services.common.runtime import gather_forever, require_infra, retry_start
@@ -267,9 +267,7 @@ class Detector:
                     rows.append((str(type(msg).TOPIC), msg.key(), encode(wrap(msg, SOURCE))))
                 await conn.executemany("INSERT INTO outbox (topic, key, payload) VALUES ($1, $2, $3)", rows)
                 await conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
-                await conn.executemany(
-                    "INSERT INTO audit (kind, detail, host, evacuation_id, data) VALUES ($1, $2, $3, NULL, '{}')",
-                    [(p.kind, p.reason, p.host) for p in publishes])
+                await audit_many(conn, [(p.kind, p.reason, p.host, None, {}) for p in publishes])
             for publish in publishes or ():
                 log.info("%s %s: %s", publish.kind, publish.host, publish.reason)
 

@@ -35,6 +35,9 @@ from services.executor.rebuild import rebuild
 log = logging.getLogger("services.executor")
 
 
+# Seconds between inventory reports while rebuilds are running (see `inventory`).
+BUSY_REPORT_INTERVAL = 1.0
+
 class Executor:
     def __init__(self, settings: ExecutorSettings) -> None:
         self.s = settings
@@ -169,6 +172,12 @@ class Executor:
                 await asyncio.sleep(0.05)  # coalesce a burst of lifecycle events
             except TimeoutError:
                 pass
+            # While rebuilds run each one changes the inventory: a full report (every domain's
+            # XML) per rebuild cost the planner more than the rebuilds cost here, and it learns
+            # each outcome from its RebuildResult. So one report a second then, and one as soon
+            # as the last rebuild has finished.
+            while self.tasks and time.monotonic() - last_sent < BUSY_REPORT_INTERVAL:
+                await asyncio.sleep(0.02)
 
     async def renew_leases(self) -> None:
         """Renew the lease of every VM running here (on the heartbeat thread, never behind

@@ -8,6 +8,8 @@ from typing import Any
 
 import asyncpg
 
+from services.common.outbox import emit
+from services.common.schemas import Assignment, EvacuationPlan
 from services.planner.placement import (
     Flavor,
     GroupPolicy,
@@ -122,3 +124,16 @@ async def down_hosts_unhandled(conn: asyncpg.Connection) -> list[asyncpg.Record]
     return list(await conn.fetch(
         "SELECT h.name, h.state_since, h.state_reason FROM hosts h WHERE h.state = 'down' AND NOT EXISTS"
         f" (SELECT 1 FROM evacuations e WHERE e.source = h.name AND {_HANDLED}) ORDER BY h.name"))
+
+
+# Assignments per EvacuationPlan message: each carries its instance's domain XML, and a
+# 1,000-VM host's plan in one message (~1.5 MB) would exceed Kafka's 1 MB default.
+PLAN_CHUNK = 100
+
+
+async def emit_plans(conn: asyncpg.Connection, evacuation_id: str, source: str, assignments: list[Assignment]) -> None:
+    """An evacuation's plan as messages of at most PLAN_CHUNK assignments (the templater
+    handles each on its own)."""
+    for i in range(0, len(assignments), PLAN_CHUNK):
+        await emit(conn, EvacuationPlan(evacuation_id=evacuation_id, source=source,
+                                        assignments=tuple(assignments[i:i + PLAN_CHUNK])), source="planner")
