@@ -14,7 +14,10 @@ has caught up, never before it is proven silent.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
+
+MAX_POLLS = 64  # fetches remembered per partition while behind
 
 
 @dataclass
@@ -22,6 +25,10 @@ class HeardUntil:
     """Per owned partition: the time up to which every record has been handled."""
 
     until: dict[int, float] = field(default_factory=dict)
+    # Per partition, the (poll time, high watermark) of fetches not yet reached, oldest
+    # first: when the consumer is behind, reaching an earlier fetch's watermark still moves
+    # the partition's time up to that fetch, though newer fetches have come in since.
+    polls: dict[int, deque[tuple[float, int]]] = field(default_factory=dict)
 
     def own(self, partitions: set[int], now: float) -> None:
         """Newly owned partitions start at `now`: their hosts get fresh windows then, and
@@ -32,15 +39,23 @@ class HeardUntil:
     def drop(self, partitions: set[int]) -> None:
         for p in partitions:
             self.until.pop(p, None)
+            self.polls.pop(p, None)
 
     def fetched(self, partition: int, position: int, highwater: int | None, polled_at: float | None) -> None:
-        """After handling a batch: if the consumer's position has reached the high
-        watermark of the partition's last fetch, everything there at that fetch's time is
-        heard. Otherwise (records still queued) the partition's time stays where it was."""
-        if partition not in self.until or highwater is None or polled_at is None or position < highwater:
+        """After handling a batch: once the consumer's position has reached the high
+        watermark of a fetch, everything on the partition at that fetch's time is heard.
+        Until then (records still queued) the partition's time stays where it was."""
+        if partition not in self.until or highwater is None or polled_at is None:
             return
-        if polled_at > self.until[partition]:
-            self.until[partition] = polled_at
+        polls = self.polls.setdefault(partition, deque())
+        if not polls or polls[-1][0] < polled_at:
+            polls.append((polled_at, highwater))
+            if len(polls) > MAX_POLLS:
+                polls.popleft()  # the oldest: its time is the earliest, the least lost
+        while polls and polls[0][1] <= position:
+            at, _ = polls.popleft()
+            if at > self.until[partition]:
+                self.until[partition] = at
 
     def judge_at(self, now: float) -> float:
         """The time ticks judge at: the earliest heard-until of the owned partitions,

@@ -37,3 +37,15 @@ def test_unknown_high_watermark_or_unowned_partition_changes_nothing() -> None:
     assert h.until == {2: 10.0}
     h.drop({2})
     assert h.judge_at(60.0) == 60.0
+
+
+def test_reaching_an_earlier_fetchs_watermark_counts_though_newer_fetches_came_in() -> None:
+    h = HeardUntil()
+    h.own({0}, now=10.0)
+    h.fetched(0, position=100, highwater=4000, polled_at=11.0)  # a burst fetched at 11
+    h.fetched(0, position=3000, highwater=6000, polled_at=12.0)  # another fetch at 12, still behind
+    assert h.until[0] == 10.0
+    h.fetched(0, position=4500, highwater=6000, polled_at=12.0)  # past the fetch of 11, not of 12
+    assert h.until[0] == 11.0
+    h.fetched(0, position=6000, highwater=6000, polled_at=12.0)
+    assert h.until[0] == 12.0 and not h.polls[0]
