@@ -173,6 +173,8 @@ class ConsumerSpec:
     # anything but a transient error, the records are handled one by one by `handler`,
     # which keeps the retry and dead-letter rules per message.
     batch_types: frozenset[str] = frozenset()
+    # How long one poll waits for records before the loop goes round (and calls _fetched).
+    poll_timeout_ms: int = 1000
     batch_handler: BatchHandler | None = None
 
 
@@ -227,7 +229,7 @@ class ConsumeLoop:
     async def run(self) -> None:
         spec = self.spec
         while True:
-            batch = await self.consumer.getmany(timeout_ms=1000)
+            batch = await self.consumer.getmany(timeout_ms=spec.poll_timeout_ms)
             if not self.ready.is_set() and self.consumer.assignment():
                 self.ready.set()
             for tp, records in batch.items():

@@ -97,6 +97,9 @@ class Detector:
             name="detector", group="detector", topics=(str(Topic.HEARTBEATS),),
             handler=self.on_message, types=frozenset({"HostHeartbeat", "CleanupResult", "HostCommand"}),
             listener=Ownership(self),
+            # The judging clock moves only when the loop goes round (lag.py): a poll waiting
+            # a second for records would hold it back by up to a second on a quiet cluster.
+            poll_timeout_ms=50,
         ), self.producer, settings.fetch_max_wait_ms)
 
     async def main(self) -> None:
