@@ -76,6 +76,10 @@ class DetectorSettings(CommonSettings):
 
 class PlannerSettings(CommonSettings):
     max_attempts: int = Field(3, ge=1, le=20, description="Rebuild attempts per instance")
+    heartbeat_interval: float = Field(
+        1.0, gt=0, le=60,
+        description="Seconds between hosts' heartbeats: a host not heard for 1.5 of them is not chosen as a target"
+        " while the other hosts can take the VMs")
     result_timeout: float = Field(
         120.0, gt=0, description="Seconds to wait for a RebuildResult before retrying"
     )

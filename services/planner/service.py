@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -46,6 +47,7 @@ from services.common.schemas import (
 from services.common.settings import PlannerSettings
 from services.planner import resume, store
 from services.planner.inventory import SeenDomains, record_report
+from services.planner.liveness import HeardHosts, HeardLoop, choose
 from services.planner.placement import AssignmentStatus, Policy, plan
 
 log = logging.getLogger("services.planner")
@@ -70,7 +72,8 @@ class Planner:
         self.producer = Producer(settings.kafka_bootstrap, SOURCE)
         self.pool: asyncpg.Pool | None = None
         self.seen = SeenDomains()
-        self.inventory = ConsumeLoop(settings.kafka_bootstrap, ConsumerSpec(
+        self.heard = HeardHosts()
+        self.inventory = HeardLoop(self.heard, settings.kafka_bootstrap, ConsumerSpec(
             name="planner-inventory", group="planner-inventory", topics=(str(Topic.HEARTBEATS),),
             handler=self.on_report, types=frozenset({"InstanceReport"}), fetch_max_wait_ms=100,
         ), self.producer, settings.fetch_max_wait_ms)
@@ -102,6 +105,9 @@ class Planner:
             await close_pool(self.pool)
 
     # --- inventory ------------------------------------------------------------------
+
+    def late(self, source: str) -> frozenset[str]:
+        return self.heard.late(time.time(), self.s.heartbeat_interval) - {source}
 
     async def on_report(self, env: Envelope, msg: Message) -> None:
         assert isinstance(msg, InstanceReport) and self.pool is not None
@@ -182,7 +188,9 @@ class Planner:
         policy = Policy(recovery=methods, target=target)
         # Instances an operator names are moved even with HA off: HA means "automatically".
         infos = [replace(store.instance_info(r), ha=True) if only else store.instance_info(r) for r in records]
-        result = plan([source], infos, hosts, await store.load_groups(conn), policy) if refused is None else None
+        groups = await store.load_groups(conn)
+        result = None if refused is not None else choose(
+            self.late(source), hosts, lambda hs: plan([source], infos, hs, groups, policy))
         if result is not None and result.refused:
             refused = result.refused
         await conn.execute(
@@ -302,8 +310,9 @@ class Planner:
         info = store.instance_info(inst)
         if evac["trigger"] == "manual":  # an operator's evacuation moves what it placed, HA or not
             info = replace(info, ha=True)
-        again = plan([info.host], [info], hosts, await store.load_groups(conn),
-                     Policy(recovery=methods, exclude={info.uuid: frozenset(excluded)}))
+        groups = await store.load_groups(conn)
+        again = choose(self.late(info.host), hosts, lambda hs: plan(
+            [info.host], [info], hs, groups, Policy(recovery=methods, exclude={info.uuid: frozenset(excluded)})))
         a = again.assignments[0] if again.assignments else None
         if a is None or a.status is not AssignmentStatus.PLACED or a.target is None:
             why = again.refused or (a.reason if a else "no assignment")
