@@ -49,8 +49,13 @@ async def print_stages(database_url: str, killed_at: float) -> None:
             "SELECT s->>'name' AS name, count(*) AS n, avg((s->>'seconds')::float) AS mean,"
             " max((s->>'seconds')::float) AS worst FROM evacuation_items, jsonb_array_elements(steps) s"
             " GROUP BY 1 ORDER BY 3 DESC")
+        failed = await conn.fetch(
+            "SELECT regexp_replace(detail, '^[^ ]+ on [^ ]+: ', '') AS why, count(*) AS n FROM audit"
+            " WHERE kind = 'rebuild-failed' AND at >= to_timestamp($1) GROUP BY 1 ORDER BY 2 DESC LIMIT 5", killed_at)
     finally:
         await conn.close()
+    for r in failed:
+        print(f"    rebuild failed x{r['n']:<5} {r['why'][:110]}")
     for r in steps:
         print(f"    step {r['name']:<17} x{r['n']:<5} mean {r['mean'] * 1000:7.1f} ms"
               f"  worst {r['worst'] * 1000:7.1f} ms")

@@ -69,6 +69,13 @@ def rebuild(hv: Hypervisor, leases: LeaseStore, order: RebuildOrder, host: str,
         if want_running:
             step, t = "take-lease", time.perf_counter()
             held = leases.acquire(order.instance_uuid)
+            if held is not None and held.holder == order.source and held.age < leases.timeout:
+                # The failed host was proven off (fenced, or its leases expired) before this
+                # order was made; its last renewal may still be younger than the lease
+                # timeout. Wait the rest of it once: a lease renewed again meanwhile means
+                # it runs after all, and is refused below.
+                time.sleep(leases.timeout - held.age + 0.1)
+                held = leases.acquire(order.instance_uuid)
             if held is not None:
                 raise RebuildError(step, f"lease held by {held.holder} (renewed {held.age:.1f}s ago)")
             took_lease = True

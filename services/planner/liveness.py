@@ -26,7 +26,7 @@ from services.planner.placement import AssignmentStatus, HostInfo, Plan
 
 log = logging.getLogger("services.planner")
 
-LATE_AFTER = 1.5  # heartbeat intervals without a heartbeat read: late
+LATE_AFTER = 1.5  # heartbeat intervals behind the newest heartbeat read: late
 
 
 @dataclass
@@ -36,14 +36,15 @@ class HeardHosts:
     def note(self, host: str, at: float) -> None:
         self.seen[host] = at
 
-    def late(self, now: float, interval: float) -> frozenset[str]:
-        """Hosts not heard for LATE_AFTER intervals. None when this view is stale itself
-        (nothing heard from anyone for an interval: the planner's own reading is behind,
-        or the bus is away) — then lateness says nothing about the hosts."""
-        if not self.seen or now - max(self.seen.values()) > interval:
+    def late(self, interval: float) -> frozenset[str]:
+        """Hosts last heard LATE_AFTER intervals before the newest heartbeat read: judged
+        against what this planner has read, not the clock, so a planner whose reading is
+        behind (busy with inventory reports) or a bus that is away makes nobody late."""
+        if not self.seen:
             return frozenset()
+        newest = max(self.seen.values())
         limit = LATE_AFTER * interval
-        return frozenset(h for h, at in self.seen.items() if now - at > limit)
+        return frozenset(h for h, at in self.seen.items() if newest - at > limit)
 
 
 def choose(late: frozenset[str], hosts: Sequence[HostInfo], place: Callable[[Sequence[HostInfo]], Plan]) -> Plan:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -107,7 +106,7 @@ class Planner:
     # --- inventory ------------------------------------------------------------------
 
     def late(self, source: str) -> frozenset[str]:
-        return self.heard.late(time.time(), self.s.heartbeat_interval) - {source}
+        return self.heard.late(self.s.heartbeat_interval) - {source}
 
     async def on_report(self, env: Envelope, msg: Message) -> None:
         assert isinstance(msg, InstanceReport) and self.pool is not None
