@@ -299,8 +299,11 @@ class ConsumeLoop:
                 return
             except TRANSIENT as exc:
                 log.warning("%s: batch of %d: transient error, retrying: %r", spec.name, len(run), exc)
-            except Exception:  # noqa: BLE001 - one by one finds the poison message and keeps the rest
-                log.exception("%s: batch of %d failed: handling its messages one by one", spec.name, len(run))
+            except Exception as exc:  # noqa: BLE001 - one by one finds the poison message and keeps the rest
+                if isinstance(exc, BadMessage):  # a bad message: dead-lettered one by one, no traceback needed
+                    log.warning("%s: batch of %d: %s: handling its messages one by one", spec.name, len(run), exc)
+                else:
+                    log.exception("%s: batch of %d failed: handling its messages one by one", spec.name, len(run))
                 for record, env, msg in run:
                     await self._dispatch(record, env, msg)
                 return
