@@ -130,6 +130,11 @@ async def produce(args: argparse.Namespace) -> None:
 # --- the bench ------------------------------------------------------------------------------
 
 
+def _higher_priority() -> None:
+    with contextlib.suppress(OSError):
+        os.nice(-10)
+
+
 def start_hogs(n: int) -> list[subprocess.Popen[bytes]]:
     """Plain busy loops at normal priority: the load beside the detector."""
     return [subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True) for _ in range(n)]
@@ -223,7 +228,11 @@ async def soak(args: argparse.Namespace) -> int:
             producer = subprocess.Popen(
                 [sys.executable, __file__, "--produce", "--bootstrap", stack.kafka_bootstrap,
                  "--hosts", str(args.hosts), "--interval", str(args.interval)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True,
+                # The simulator stands for 10,000 machines of their own: on this shared
+                # machine it runs at a higher priority (root only), so that its rounds are on
+                # time and a silence the detector sees is the detector's or the load's doing.
+                preexec_fn=_higher_priority)
             reports: list[dict[str, float]] = []
             assert producer.stdout is not None
             out = producer.stdout
