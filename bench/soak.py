@@ -208,6 +208,9 @@ async def soak(args: argparse.Namespace) -> int:
     timeout = args.interval * args.misses
     try:
         await asyncio.to_thread(stack.start_infra)
+        if stack.broker is not None and stack.broker.proc is not None:  # the broker stands for the network
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, stack.broker.proc.pid, -10)
         detector = stack.spawn("detector", "services.detector")
         hogs = start_hogs(args.hog)
         async with httpx.AsyncClient(timeout=30) as client:
@@ -229,9 +232,10 @@ async def soak(args: argparse.Namespace) -> int:
                 [sys.executable, __file__, "--produce", "--bootstrap", stack.kafka_bootstrap,
                  "--hosts", str(args.hosts), "--interval", str(args.interval)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True,
-                # The simulator stands for 10,000 machines of their own: on this shared
-                # machine it runs at a higher priority (root only), so that its rounds are on
-                # time and a silence the detector sees is the detector's or the load's doing.
+                # The simulator stands for 10,000 machines of their own and the broker for the
+                # network: on this shared machine both run at a higher priority (root only), so
+                # that heartbeats are sent on time and a silence the detector sees is its own
+                # doing (the detector runs at the normal priority, beside the load).
                 preexec_fn=_higher_priority)
             reports: list[dict[str, float]] = []
             assert producer.stdout is not None
