@@ -19,9 +19,11 @@ MIGRATION_LOCK = 72_410_001  # pg_advisory_lock key: one migrator at a time
 
 # The database is away (restarting, failing over, unreachable), not a bad statement:
 # retry later, never give up on (or dead-letter) the work.
+# InternalClientError: asyncpg's "unexpected" client state, seen on connections that a
+# restarting PostgreSQL cut mid-operation (the chaos harness met it first).
 DB_TRANSIENT: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.exceptions.OperatorInterventionError,
-    OSError, InfraError,
+    asyncpg.exceptions.InternalClientError, OSError, InfraError,
 )
 
 T = TypeVar("T")

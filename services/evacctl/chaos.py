@@ -147,7 +147,7 @@ async def run_one(seed: int, scenario: str | None = None, hosts: int = 4, vms: i
                     open_ = await conn.fetchval("SELECT count(*) FROM evacuations WHERE status='running'")
                     closed = await conn.fetchval("SELECT count(*) FROM evacuations WHERE status<>'running'"
                                                  " AND trigger='NodeDown'")
-                except (*DB_TRANSIENT, asyncpg.exceptions.InternalClientError):  # the injected PostgreSQL restart
+                except DB_TRANSIENT:  # the injected PostgreSQL restart
                     await asyncio.sleep(0.1)
                     continue
                 if placed and done_at is None:
@@ -177,7 +177,12 @@ async def run_one(seed: int, scenario: str | None = None, hosts: int = 4, vms: i
             await view.stop()
     finally:
         stack.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if res.violations:  # the services' logs of a failed run are the evidence: keep them
+            res.violations.append(f"logs kept in {workdir / 'logs'}")
+            for extra in ("pg", "shared", "nodes", "local"):
+                shutil.rmtree(workdir / extra, ignore_errors=True)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
     return res
 
 
