@@ -1,7 +1,8 @@
 """One randomized fault scenario on the real stack, judged by the invariant checker.
 
 A scenario kills one or two simulated hosts and, by a seeded schedule, adds faults:
-SIGKILL of a control-plane service mid-evacuation (restarted after a pause), duplicate
+SIGKILL of a control-plane service mid-evacuation (restarted after a pause), SIGKILL of a
+target executor once a rebuild order for it is on the bus (its host fails mid-rebuild), duplicate
 and reordered deliveries of every message seen on the bus, poison messages on every
 topic, a host that returns after its VMs were evacuated. The same seed replays the same
 schedule (the timing of the system under test still varies)."""
@@ -30,7 +31,7 @@ from services.evacctl.observe import ClusterView
 from services.evacctl.stack import Stack
 
 SCENARIOS = ("host-kill", "two-hosts", "service-crash", "duplicates", "poison", "host-return", "broker-restart",
-             "postgres-restart")
+             "postgres-restart", "target-crash")
 REPLAYED = (Topic.HOST_EVENTS, Topic.PLANS, Topic.ORDERS, Topic.RESULTS)
 
 
@@ -136,7 +137,8 @@ async def run_one(seed: int, scenario: str | None = None, hosts: int = 4, vms: i
                 stack.kill(f"executor-{v}")
                 checker.dead.add(v)
             res.faults.append(f"kill {'+'.join(victims)}")
-            faults = asyncio.ensure_future(_inject(scenario, rng, stack, rec, producer, res, view))
+            faults = asyncio.ensure_future(_inject(scenario, rng, stack, rec, producer, res, view,
+                                                   victims, checker))
             done_at = None
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
@@ -150,7 +152,9 @@ async def run_one(seed: int, scenario: str | None = None, hosts: int = 4, vms: i
                 except DB_TRANSIENT:  # the injected PostgreSQL restart
                     await asyncio.sleep(0.1)
                     continue
-                if placed and done_at is None:
+                if not placed:  # a target that failed mid-rebuild takes its placements with it
+                    done_at = None
+                elif done_at is None:
                     done_at = time.time()
                 if done_at is not None and not open_ and closed >= len(victims) and faults.done():
                     break
@@ -186,16 +190,38 @@ async def run_one(seed: int, scenario: str | None = None, hosts: int = 4, vms: i
     return res
 
 
+async def _order_target(rec: Recorder, exclude: set[str], timeout: float = 30.0) -> str | None:
+    """The target host of the first RebuildOrder seen on the bus (orders are keyed by it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for topic, key, _ in list(rec.seen):
+            if topic == str(Topic.ORDERS) and key and key.decode() not in exclude:
+                return key.decode()
+        await asyncio.sleep(0.01)
+    return None
+
+
 async def _inject(scenario: str, rng: random.Random, stack: Stack, rec: Recorder, producer: AIOKafkaProducer,
-                  res: RunResult, view: ClusterView) -> None:
+                  res: RunResult, view: ClusterView, victims: list[str], checker: InvariantChecker) -> None:
     if scenario == "service-crash":
-        svc = rng.choice(("detector", "planner", "templater"))
+        svc = rng.choice(("detector", "planner", "templater", "api"))
         await asyncio.sleep(rng.uniform(0.0, 2.5))
         stack.kill(svc)
         pause = rng.uniform(0.2, 2.0)
         res.faults.append(f"SIGKILL {svc}, restart after {pause:.1f}s")
         await asyncio.sleep(pause)
         stack.restart(svc)
+    elif scenario == "target-crash":
+        target = await _order_target(rec, set(victims))
+        if target is None:
+            checker.violations.add("no rebuild order was seen on the bus within 30 s")
+            return
+        await asyncio.sleep(rng.uniform(0.0, 0.3))
+        stack.kill(f"executor-{target}")
+        checker.dead.add(target)
+        victims.append(target)  # its own VMs are to be evacuated too
+        res.vms += sum(1 for vm in stack.vms[target] if vm.shared)
+        res.faults.append(f"SIGKILL target {target} mid-rebuild")
     elif scenario == "duplicates":
         for _ in range(2):
             await asyncio.sleep(rng.uniform(1.0, 3.0))
