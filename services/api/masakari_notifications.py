@@ -5,7 +5,8 @@
   or expired storage leases before NodeDown and any evacuation. A live host's next
   heartbeat overrules the report. Its status follows what happened: ``running`` while
   the host is suspect/fencing or its evacuation runs, then ``finished`` / ``error`` /
-  ``failed`` from the evacuation's outcome.
+  ``failed`` from the evacuation's outcome, or ``ignored`` once the host, still
+  heartbeating, was judged up again after the report.
 - ``COMPUTE_HOST`` ``STARTED``, ``INSTANCE`` and ``PROCESS`` are recorded and answered with
   status ``ignored`` and the reason: a starting host needs nothing (its heartbeats say
   so), and guests and processes on a host are the executor's, whose own heartbeat is
@@ -49,7 +50,7 @@ class NotificationIn(BaseModel):
 
 
 NOTIFICATIONS_SQL = """
-SELECT n.*, h.state AS host_state,
+SELECT n.*, h.state AS host_state, h.state_since AS host_state_since,
        (SELECT e.status FROM evacuations e WHERE e.source = n.hostname AND e.created_at >= n.created_at
         ORDER BY e.created_at LIMIT 1) AS evacuation_status
 FROM notifications n LEFT JOIN hosts h ON h.name = n.hostname
@@ -62,7 +63,12 @@ def status_of(r: asyncpg.Record) -> str:
         return str(r["status"])
     if r["evacuation_status"] is not None:
         return EVACUATION_STATUS.get(r["evacuation_status"], "running")
-    return "running" if r["host_state"] in ("suspect", "fencing", "isolated", "down") else "new"
+    if r["host_state"] in ("suspect", "fencing", "isolated", "down"):
+        return "running"
+    since = r["host_state_since"]
+    if r["host_state"] == "up" and since is not None and since > r["created_at"]:
+        return "ignored"  # judged up again after the report: its heartbeat overruled it
+    return "new"
 
 
 def notification_view(r: asyncpg.Record, v: tuple[int, int], one: bool = False) -> dict[str, Any]:

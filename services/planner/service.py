@@ -277,7 +277,7 @@ class Planner:
             if res.ok:
                 done.append((item["id"], str(res.power_state), steps, f"; rebuilt on {res.host}"))
                 moved.append((item["instance_uuid"], res.host, str(res.power_state)))
-                lines.append(("rebuild-done", f"{item['instance_name']} runs on {res.host} ({res.power_state})",
+                lines.append(("rebuild-done", f"{item['instance_name']} rebuilt on {res.host}, {res.power_state}",
                               res.host, item["evacuation_id"], {"steps": steps}))
             else:
                 await self.retry_or_fail(conn, item, res.host, res.error or "rebuild failed", steps, res.retryable)

@@ -85,7 +85,7 @@ async def seed(url: str) -> None:
             " 'most free memory; rebuilt on up1', $4, now())",
             uuid.UUID(ITEM_DONE), uuid.UUID(EVAC_DONE), uuid.uuid4(), steps)
         for kind, detail in (("placement", "vm-old: placed: most free memory"),
-                             ("rebuild-done", "vm-old runs on up1 (running)"),
+                             ("rebuild-done", "vm-old rebuilt on up1, running"),
                              ("evacuation-closed", "completed: 1 rebuilt, 0 not")):
             await conn.execute("INSERT INTO audit (kind, detail, host, evacuation_id) VALUES ($1, $2, 'old1', $3)",
                                kind, detail, uuid.UUID(EVAC_DONE))

@@ -110,7 +110,7 @@ def test_read_commands_as_tables_and_json(run: CliRunner) -> None:
     assert EVAC_DONE in [e["id"] for e in evacs_json["items"]]
     show = run.invoke(cli.app, ["evacuation", "show", EVAC_DONE])
     assert show.exit_code == 0
-    assert "audit trail" in show.stdout and "vm-old runs on up1" in show.stdout and "define ok" in show.stdout
+    assert "audit trail" in show.stdout and "vm-old rebuilt on up1" in show.stdout and "define ok" in show.stdout
     show_json = json.loads(run.invoke(cli.app, ["evacuation", "show", EVAC_DONE, "-o", "json"]).stdout)
     assert [a["kind"] for a in show_json["audit"]][0] == "placement"
     missing = run.invoke(cli.app, ["evacuation", "show", "nope"])

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
 from services.api.masakari import MASAKARI
+from services.api.masakari_notifications import status_of
 from services.api.nova import NOVA, check_evacuate
 from services.api.openstack_common import Fault
 
@@ -60,3 +63,22 @@ def test_evacuate_body_per_microversion(body: dict[str, object], version: tuple[
     with pytest.raises(Fault) as err:
         check_evacuate(body, version)
     assert err.value.status == 400 and error in err.value.message
+
+
+def _row(status: str, host_state: str | None, since_s: float | None, evac: str | None = None) -> dict[str, object]:
+    created = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    return {"status": status, "evacuation_status": evac, "host_state": host_state, "created_at": created,
+            "host_state_since": None if since_s is None else created + timedelta(seconds=since_s)}
+
+
+@pytest.mark.parametrize(("row", "want"), [
+    (_row("ignored", "up", None), "ignored"),                 # recorded at intake (STARTED, INSTANCE, ...)
+    (_row("new", "up", -60), "new"),                          # not judged yet
+    (_row("new", "suspect", 0.1), "running"),
+    (_row("new", "up", 1.5), "ignored"),                      # heartbeats resumed after the report
+    (_row("new", "down", 2, "running"), "running"),
+    (_row("new", "down", 2, "completed"), "finished"),
+    (_row("new", "up", 30, "completed"), "finished"),         # evacuated, then back: the outcome stays
+])
+def test_notification_status_follows_the_host(row: dict[str, object], want: str) -> None:
+    assert status_of(row) == want  # type: ignore[arg-type]
