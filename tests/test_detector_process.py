@@ -17,10 +17,6 @@ import asyncio
 import contextlib
 import inspect
 import json
-import os
-import shutil
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -36,8 +32,9 @@ from services.common.embedded import EmbeddedBroker
 from services.common.schemas import PowerState, Topic
 from services.detector.storage import heartbeat_dir, read_heartbeat
 from services.evacctl.demo import wait_ready
+from services.evacctl.netns import NetNs, ip, netns_unavailable, spawn_in_netns
 from services.evacctl.observe import ClusterView
-from services.evacctl.simcluster import SimVM, plan_vms, write_node
+from services.evacctl.simcluster import plan_vms
 from services.evacctl.stack import Stack
 
 pytestmark = pytest.mark.slow
@@ -48,94 +45,18 @@ INDEX = {"dp1": 21, "dp2": 22, "dp3": 23}
 VMS = 6
 
 
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
-
-
-def _netns_unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "network namespaces need root"
-    if shutil.which("ip") is None:
-        return "the ip command (iproute2) is not installed"
-    probe = f"evdp-probe-{os.getpid()}"
-    r = _ip("netns", "add", probe, check=False)
-    if r.returncode != 0:
-        return f"ip netns add failed: {r.stderr.strip()}"
-    _ip("netns", "del", probe, check=False)
-    return None
-
-
-@dataclass
-class NetNs:
-    host: str
-    outer_ip: str
-    inner_ip: str
-
-    @property
-    def name(self) -> str:
-        return f"evdp-{self.host}"
-
-    @property
-    def outer(self) -> str:
-        return f"v{self.host}h"
-
-    @property
-    def inner(self) -> str:
-        return f"v{self.host}n"
-
-    def exec(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return _ip("netns", "exec", self.name, *args)
-
-    def create(self) -> None:
-        self.delete()
-        _ip("netns", "add", self.name)
-        _ip("link", "add", self.outer, "type", "veth", "peer", "name", self.inner)
-        _ip("link", "set", self.inner, "netns", self.name)
-        _ip("addr", "add", f"{self.outer_ip}/30", "dev", self.outer)
-        _ip("link", "set", self.outer, "up")
-        self.exec("ip", "addr", "add", f"{self.inner_ip}/30", "dev", self.inner)
-        self.exec("ip", "link", "set", "lo", "up")
-        self.restore()
-
-    def cut(self) -> float:
-        """Take the namespace's veth down. Returns when."""
-        t = time.time()
-        self.exec("ip", "link", "set", self.inner, "down")
-        return t
-
-    def restore(self) -> None:
-        self.exec("ip", "link", "set", self.inner, "up")
-        self.exec("ip", "route", "replace", "default", "via", self.outer_ip)
-
-    def delete(self) -> None:
-        _ip("link", "del", self.outer, check=False)
-        _ip("netns", "del", self.name, check=False)
-
-
 @dataclass
 class Cluster:
     stack: Stack
     nets: dict[str, NetNs]
 
 
-def _spawn_in_netns(stack: Stack, ns: NetNs, host: str, vms: list[SimVM], **env: str) -> None:
-    uri = write_node(stack.workdir / "nodes" / f"{host}.xml", vms, stack.shared_dir, stack.workdir / "local" / host)
-    stack.vms[host] = vms
-    log = open(stack.workdir / "logs" / f"executor-{host}.log", "ab")  # noqa: SIM115 - lives with the process
-    # `ip netns exec` execs the command: the pid is the executor's (the process fence's target).
-    proc = subprocess.Popen(
-        ["ip", "netns", "exec", ns.name, sys.executable, "-m", "services.executor"],
-        env=stack.env(EVACUATE_HOST=host, EVACUATE_LIBVIRT_URI=uri, EVACUATE_FENCE_DRIVER="process", **env),
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    stack.procs[f"executor-{host}"] = proc
-
-
 @pytest.fixture(scope="module")
 def cluster(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    why = _netns_unavailable()
+    why = netns_unavailable()
     if why:
         pytest.skip(f"network namespaces not available: {why}")
-    added_ip = _ip("addr", "add", f"{BROKER_IP}/32", "dev", "lo", check=False).returncode == 0
+    added_ip = ip("addr", "add", f"{BROKER_IP}/32", "dev", "lo", check=False).returncode == 0
     nets = {h: NetNs(h, *ips) for h, ips in NETS.items()}
     broker = EmbeddedBroker(host=BROKER_IP)
     stack: Stack | None = None
@@ -148,8 +69,8 @@ def cluster(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         stack.start_infra()
         stack.start_services()
         common = {"EVACUATE_ISOLATION_RESPONSE": "none", "EVACUATE_ISOLATION_TIMEOUT": "60"}
-        _spawn_in_netns(stack, nets["dp1"], "dp1", plan_vms(INDEX["dp1"], "dp1", VMS, shutoff=1, local=1), **common)
-        _spawn_in_netns(stack, nets["dp2"], "dp2", plan_vms(INDEX["dp2"], "dp2", VMS, shutoff=1, local=1),
+        spawn_in_netns(stack, nets["dp1"], "dp1", plan_vms(INDEX["dp1"], "dp1", VMS, shutoff=1, local=1), **common)
+        spawn_in_netns(stack, nets["dp2"], "dp2", plan_vms(INDEX["dp2"], "dp2", VMS, shutoff=1, local=1),
                         EVACUATE_ISOLATION_RESPONSE="power-off", EVACUATE_ISOLATION_TIMEOUT="3")
         stack.add_host(INDEX["dp3"], "dp3", vm_count=2, shutoff=0, local=0)
         yield Cluster(stack, nets)
@@ -160,7 +81,7 @@ def cluster(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         for ns in nets.values():
             ns.delete()
         if added_ip:
-            _ip("addr", "del", f"{BROKER_IP}/32", "dev", "lo", check=False)
+            ip("addr", "del", f"{BROKER_IP}/32", "dev", "lo", check=False)
     assert stack is not None
     assert not stack.tracebacks(), "a service logged a traceback"
 

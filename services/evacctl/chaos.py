@@ -4,7 +4,8 @@ A scenario kills one or two simulated hosts and, by a seeded schedule, adds faul
 SIGKILL of a control-plane service mid-evacuation (restarted after a pause), SIGKILL of a
 target executor once a rebuild order for it is on the bus (its host fails mid-rebuild), duplicate
 and reordered deliveries of every message seen on the bus, poison messages on every
-topic, a host that returns after its VMs were evacuated. The same seed replays the same
+topic, a host that returns after its VMs were evacuated, a host cut off the network while its
+storage heartbeat goes on (services/evacctl/chaos_netcut.py). The same seed replays the same
 schedule (the timing of the system under test still varies)."""
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ from aiokafka.errors import KafkaError
 
 from services.common.db import DB_TRANSIENT
 from services.common.schemas import Topic
+from services.evacctl.chaos_netcut import NetCut
 from services.evacctl.demo import wait_ready
 from services.evacctl.invariants import InvariantChecker
 from services.evacctl.observe import ClusterView
 from services.evacctl.stack import Stack
 
 SCENARIOS = ("host-kill", "two-hosts", "service-crash", "duplicates", "poison", "host-return", "broker-restart",
-             "postgres-restart", "target-crash")
+             "postgres-restart", "target-crash", "network-cut")
 REPLAYED = (Topic.HOST_EVENTS, Topic.PLANS, Topic.ORDERS, Topic.RESULTS)
 
 
@@ -104,20 +106,31 @@ async def _poison(producer: AIOKafkaProducer, rng: random.Random) -> None:
 
 
 async def run_one(seed: int, scenario: str | None = None, hosts: int = 4, vms: int = 6,
-                  timeout: float = 90.0) -> RunResult:
+                  timeout: float = 90.0, isolation_response: str | None = None) -> RunResult:
+    """``isolation_response`` forces the network-cut victim's (else drawn by the seed)."""
     rng = random.Random(seed)
     scenario = scenario or rng.choice(SCENARIOS)
     res = RunResult(seed=seed, scenario=scenario)
+    net = NetCut.draw(rng, isolation_response) if scenario == "network-cut" else None
+    if isinstance(net, str):  # no network namespaces here: nothing was run
+        res.faults.append(f"skipped: {net}")
+        return res
     workdir = Path(tempfile.mkdtemp(prefix="evacuate-chaos-"))
     # A PostgreSQL restart needs a server of the run's own (embedded); others use the configured one.
     stack = Stack(workdir, kafka_bootstrap="", fresh_database=True,
                   **({"database_url": "", "postgres_dir": workdir / "pg"} if scenario == "postgres-restart" else {}))
     try:
+        if net:  # its broker on an address of lo the cut host's namespace reaches
+            stack.broker_host = net.claim()
         await asyncio.to_thread(stack.start_infra)
         stack.start_services()
         names = [f"c{i}" for i in range(1, hosts + 1)]
+        cut_host = rng.choice(names) if net else None
         for i, h in enumerate(names, 1):
-            stack.add_host(30 + i, h, vm_count=vms, shutoff=1, local=1, memory_mib=vms * hosts * 1024)
+            if net and h == cut_host:
+                net.spawn(stack, 30 + i, h, vm_count=vms, memory_mib=vms * hosts * 1024)
+            else:
+                stack.add_host(30 + i, h, vm_count=vms, shutoff=1, local=1, memory_mib=vms * hosts * 1024)
         all_vms = {vm.uuid: vm for h in names for vm in stack.vms[h]}
         view = ClusterView(stack.kafka_bootstrap)
         await view.start()
@@ -130,15 +143,19 @@ async def run_one(seed: int, scenario: str | None = None, hosts: int = 4, vms: i
         checker = InvariantChecker(all_vms)
         try:
             await wait_ready(stack, view, hosts, hosts * vms, timeout=60)
-            victims = rng.sample(names, 2 if scenario == "two-hosts" else 1)
+            victims = net.victims() if net else rng.sample(names, 2 if scenario == "two-hosts" else 1)
             res.vms = sum(1 for v in all_vms.values() if v.host in victims and v.shared)
             killed = time.time()
-            for v in victims:
-                stack.kill(f"executor-{v}")
-                checker.dead.add(v)
-            res.faults.append(f"kill {'+'.join(victims)}")
-            faults = asyncio.ensure_future(_inject(scenario, rng, stack, rec, producer, res, view,
-                                                   victims, checker))
+            if net:  # cut off the network instead of killed
+                killed = net.cut(stack, view, checker, res)
+                faults = asyncio.ensure_future(net.run(stack, view, conn, rec, checker, res))
+            else:
+                for v in victims:
+                    stack.kill(f"executor-{v}")
+                    checker.dead.add(v)
+                res.faults.append(f"kill {'+'.join(victims)}")
+                faults = asyncio.ensure_future(_inject(scenario, rng, stack, rec, producer, res, view,
+                                                       victims, checker))
             done_at = None
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
@@ -162,10 +179,12 @@ async def run_one(seed: int, scenario: str | None = None, hosts: int = 4, vms: i
             await faults
             if scenario == "host-return":
                 await _return(stack, view, conn, checker, victims[0], res)
+            if net:
+                await net.finish(stack, view, conn, rec, checker)
             for _ in range(10):  # a quiet second: late duplicates must change nothing
                 checker.sample(view)
                 await asyncio.sleep(0.1)
-            res.recover_s = None if done_at is None else round(done_at - killed, 2)
+            res.recover_s = None if done_at is None or not victims else round(done_at - killed, 2)
             res.evacuated, res.lost = await checker.final(view, conn, set(victims))
             res.double_runs = len(checker.double_runs)
             dead_services = [n for n in stack.dead_services() if not n.startswith("executor-")]
@@ -180,7 +199,11 @@ async def run_one(seed: int, scenario: str | None = None, hosts: int = 4, vms: i
             await rec.stop()
             await view.stop()
     finally:
-        stack.stop()
+        try:
+            stack.stop()
+        finally:
+            if net:
+                net.cleanup()
         if res.violations:  # the services' logs of a failed run are the evidence: keep them
             res.violations.append(f"logs kept in {workdir / 'logs'}")
             for extra in ("pg", "shared", "nodes", "local"):

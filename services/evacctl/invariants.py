@@ -54,8 +54,8 @@ class InvariantChecker:
                 self.violations.add(f"{vm.name} runs on {len(hosts)} hosts at once: {', '.join(sorted(hosts))}")
             if not vm.running:
                 self.violations.add(f"{vm.name} was powered off but runs on {', '.join(hosts)}")
-            for h in hosts:
-                if h in self.returned and h == vm.host:
+            for h in hosts:  # a host-local VM is never evacuated: running at home is no stale copy
+                if h in self.returned and h == vm.host and vm.shared:
                     self.violations.add(f"stale copy of {vm.name} started on returned host {h}")
 
     async def final(self, view: ClusterView, conn: asyncpg.Connection, failed: set[str]) -> tuple[int, int]:

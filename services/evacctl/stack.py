@@ -52,6 +52,7 @@ class Stack:
     profile: str = "aggressive"
     extra_env: dict[str, str] = field(default_factory=dict)
     fresh_database: bool = False  # create (and at stop drop) a database of its own on the server
+    broker_host: str = "127.0.0.1"  # the embedded broker's address (another local one: reachable from a netns)
     _created_db: str = ""
     _admin_url: str = ""
     broker: EmbeddedBroker | None = None
@@ -75,7 +76,7 @@ class Stack:
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "logs").mkdir(exist_ok=True)
         if not self.kafka_bootstrap:
-            self.broker = EmbeddedBroker().start()
+            self.broker = EmbeddedBroker(host=self.broker_host).start()
             self.kafka_bootstrap = self.broker.bootstrap
         if not self.database_url:
             self.postgres = EmbeddedPostgres(self.postgres_dir or default_data_dir() / "pgdata").start()
@@ -183,7 +184,10 @@ class Stack:
     def _extra_of(self, name: str) -> dict[str, str]:
         if not name.startswith("executor-"):
             return {}
-        host = name.removeprefix("executor-")
+        return self.executor_env(name.removeprefix("executor-"))
+
+    def executor_env(self, host: str) -> dict[str, str]:
+        """The environment a simulated host's executor gets on top of ``env()``."""
         uri = f"test://{(self.workdir / 'nodes' / f'{host}.xml').resolve()}"
         # A compute host holds no database credentials and no API tokens (DESIGN §1).
         return {"EVACUATE_HOST": host, "EVACUATE_LIBVIRT_URI": uri, "EVACUATE_FENCE_DRIVER": "process",
