@@ -273,6 +273,7 @@ async def _return(stack: Stack, view: ClusterView, conn: asyncpg.Connection, che
                   host: str, res: RunResult) -> None:
     view.reports.pop(host, None)
     checker.returned.add(host)
+    checker.dead.discard(host)  # its fresh reports are sampled: a stale copy it starts is a violation
     stack.revive_host(host)
     res.faults.append(f"{host} returns")
     deadline = time.monotonic() + 60
