@@ -25,5 +25,7 @@ HEARTBEAT_GAP = Histogram(
 )
 DETECTOR_LAG = Gauge("evacuate_detector_lag_seconds",
                      "How far behind the present the detector has read its heartbeats (it judges at that time)")
+STALE_HEARTBEATS = Counter("evacuate_stale_heartbeats_total",
+                           "Heartbeats dropped as duplicates or older than one already heard from the host")
 DETECTOR_BLIND = Gauge("evacuate_detector_blind", "1 while this detector hears no watched host (it judges none)")
 REBUILDS = Counter("evacuate_rebuilds_total", "Rebuilds on this executor", ["ok"])

@@ -326,7 +326,7 @@ def _heartbeat(rec: HostRecord | None, ev: Heartbeat, t: Timings) -> Step:
                          reason="first heartbeat", fence_driver=ev.fence_driver)
         return new, [LogLine(f"host {ev.host!r}: registered as up "
                              f"(first heartbeat, fence driver {ev.fence_driver})")]
-    if rec.state == S.down and ev.at <= rec.since + EPSILON:
+    if rec.state == S.down and (ev.at if ev.sent is None else ev.sent) <= rec.since + EPSILON:
         return rec, _ignored(rec, ev.host, "a heartbeat", "sent before it went down")
     previous = rec.last_heartbeat if rec.last_heartbeat is not None else rec.since
     last = max(previous, ev.at)

@@ -244,11 +244,15 @@ class DetectorState:
 
 @dataclass(frozen=True)
 class Heartbeat:
-    """A bus heartbeat. An unknown host is registered `up`."""
+    """A bus heartbeat. An unknown host is registered `up`. ``at`` is when the detector
+    read it (its clock: silences are measured on it); ``sent`` is when the host sent it
+    (the host's clock), used only to tell a heartbeat sent before the host went down — a
+    duplicate or one re-read after a rebalance — from a host that really came back."""
 
     host: str
     at: float
     fence_driver: str = "process"
+    sent: float | None = None
 
 
 @dataclass(frozen=True)

@@ -65,3 +65,25 @@ class HeardUntil:
     def behind(self, now: float, more_than: float) -> dict[int, float]:
         """Partitions more than `more_than` seconds behind, with how far."""
         return {p: now - t for p, t in sorted(self.until.items()) if now - t > more_than}
+
+
+class SeenHeartbeats:
+    """The newest sequence number and send time heard from each host. A heartbeat older
+    on both counts is a duplicate or an older one delivered late (a producer retry, a
+    re-read after a rebalance, a replay) and says nothing about the host now: it is
+    dropped before it can reset a silence. An executor that restarts counts from 1 again
+    but sends later; a host whose clock steps back keeps counting up: both get through."""
+
+    def __init__(self) -> None:
+        self.newest: dict[str, tuple[int, float]] = {}
+
+    def stale(self, host: str, seq: int, sent: float) -> bool:
+        """True for a heartbeat not newer than what was heard; otherwise remember it."""
+        last = self.newest.get(host)
+        if last is None:
+            self.newest[host] = (seq, sent)
+            return False
+        if seq <= last[0] and sent <= last[1]:
+            return True
+        self.newest[host] = (max(seq, last[0]), max(sent, last[1]))
+        return False

@@ -57,7 +57,7 @@ from services.detector.failure_detector import (
 )
 from services.detector.fencing import FenceOutcome, Fencer, registry
 from services.detector.intake import HeartbeatLoop
-from services.detector.lag import HeardUntil
+from services.detector.lag import HeardUntil, SeenHeartbeats
 from services.detector.ownership import Ownership
 from services.detector.storage import StorageHeartbeatScanner
 
@@ -91,6 +91,7 @@ class Detector:
         self.blind: str | None = None  # why this detector hears no host (it then judges none)
         self.blind_checked = float("-inf")
         self.heard = HeardUntil()  # up to when each owned partition is read: the ticks' clock
+        self.seen = SeenHeartbeats()  # duplicates and older reorders are dropped at intake
         self.lag_logged = float("-inf")
         self.gaps = metrics.HEARTBEAT_GAP
         self.heartbeats = HeartbeatLoop(self, settings.kafka_bootstrap, ConsumerSpec(
@@ -161,18 +162,22 @@ class Detector:
         if changed and not effects:
             self.effects.put_nowait((LogLine(""), changed))
 
-    def on_heartbeat(self, host: str, fence_driver: str, fence_target: str) -> None:
+    def on_heartbeat(self, host: str, fence_driver: str, fence_target: str, seq: int | None = None,
+                     sent: float | None = None) -> None:
+        if seq is not None and sent is not None and self.seen.stale(host, seq, sent):
+            metrics.STALE_HEARTBEATS.inc()
+            return
         if fence_target:
             self.fence_targets[host] = fence_target
         now = time.time()
         prev = self.hosts.get(host)
         if prev is not None and prev.last_heartbeat is not None and prev.state == HostState.up:
             self.gaps.observe(now - prev.last_heartbeat)  # the silence a detection timeout must outlast
-        self.feed(Heartbeat(host=host, at=now, fence_driver=fence_driver))
+        self.feed(Heartbeat(host=host, at=now, fence_driver=fence_driver, sent=sent))
 
     async def on_message(self, env: Envelope, msg: Message) -> None:
         if isinstance(msg, HostHeartbeat):
-            self.on_heartbeat(msg.host, msg.fence_driver, msg.fence_target)
+            self.on_heartbeat(msg.host, msg.fence_driver, msg.fence_target, msg.seq, env.at.timestamp())
         elif isinstance(msg, CleanupResult) and not msg.errors:
             self.feed(CleanupDone(host=msg.host, at=time.time()))
         elif isinstance(msg, HostCommand):

@@ -34,7 +34,9 @@ from services.evacctl.stack import Stack
 
 SCENARIOS = ("host-kill", "two-hosts", "service-crash", "duplicates", "poison", "host-return", "broker-restart",
              "postgres-restart", "target-crash", "network-cut")
-REPLAYED = (Topic.HOST_EVENTS, Topic.PLANS, Topic.ORDERS, Topic.RESULTS)
+# Every topic a service consumes: heartbeats (and the inventory reports and cleanup results on
+# their topic) too — a duplicate heartbeat of a dead host must not bring it back.
+REPLAYED = (Topic.HEARTBEATS, Topic.HOST_EVENTS, Topic.PLANS, Topic.ORDERS, Topic.RESULTS)
 
 
 @dataclass

@@ -57,6 +57,8 @@ class ClusterView:
             except BadMessage:
                 continue
             if isinstance(msg, InstanceReport):
+                if env.at.timestamp() < self.report_at.get(msg.host, 0.0):
+                    continue  # an older report delivered late (a duplicate, a replay): not the host's truth
                 self.reports[msg.host] = msg
                 self.report_time[msg.host] = time.time()
                 self.report_at[msg.host] = env.at.timestamp()

@@ -182,6 +182,16 @@ def test_a_heartbeat_sent_before_the_host_went_down_is_not_a_return() -> None:
     assert after is state and "sent before it went down" in str(effects)
 
 
+def test_a_heartbeat_read_after_the_host_went_down_but_sent_before_is_not_a_return() -> None:
+    # Re-read after a rebalance or delivered twice: read at 25, sent at 19.5 by the host.
+    state = one_host(state=HostState.down, since=20.0)
+    after, effects = step(state, Heartbeat("h1", 25.0, sent=19.5), T)
+    assert after is state and "sent before it went down" in str(effects)
+    back, effects = step(state, Heartbeat("h1", 25.0, sent=24.9), T)
+    assert back.hosts["h1"].state == HostState.returning
+    assert any(isinstance(e, Publish) and e.kind == "NodeUp" for e in effects)
+
+
 def test_manual_fencing_has_no_timeout() -> None:
     state = one_host(state=HostState.suspect, since=3.1, fence_driver="manual",
                      last_storage_heartbeat=None)

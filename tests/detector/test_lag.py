@@ -1,6 +1,6 @@
 """The detector's judging clock (services/detector/lag.py): plain unit tests."""
 
-from services.detector.lag import HeardUntil
+from services.detector.lag import HeardUntil, SeenHeartbeats
 
 
 def test_nothing_owned_judges_at_the_wall_clock() -> None:
@@ -49,3 +49,21 @@ def test_reaching_an_earlier_fetchs_watermark_counts_though_newer_fetches_came_i
     assert h.until[0] == 11.0
     h.fetched(0, position=6000, highwater=6000, polled_at=12.0)
     assert h.until[0] == 12.0 and not h.polls[0]
+
+
+def test_duplicates_and_older_heartbeats_are_stale() -> None:
+    seen = SeenHeartbeats()
+    assert not seen.stale("h1", 5, 100.0)
+    assert seen.stale("h1", 5, 100.0)           # the same one again
+    assert seen.stale("h1", 3, 98.0)            # an older one, late
+    assert not seen.stale("h1", 6, 101.0)
+    assert not seen.stale("h2", 1, 50.0)        # hosts are apart
+
+
+def test_a_restarted_executor_and_a_clock_stepped_back_get_through() -> None:
+    seen = SeenHeartbeats()
+    assert not seen.stale("h1", 500, 100.0)
+    assert not seen.stale("h1", 1, 130.0)       # restarted: counts from 1, sends later
+    assert seen.stale("h1", 499, 99.0)          # the old incarnation's, late: still stale
+    assert not seen.stale("h1", 501, 90.0)      # its clock stepped back, the count goes on
+    assert seen.stale("h1", 2, 120.0)
