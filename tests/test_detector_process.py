@@ -21,7 +21,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import asyncpg
@@ -31,6 +30,7 @@ from aiokafka import AIOKafkaConsumer
 from services.common.embedded import EmbeddedBroker
 from services.common.schemas import PowerState, Topic
 from services.detector.storage import heartbeat_dir, read_heartbeat
+from services.evacctl.chaos_netcut import destroyed_by_isolation
 from services.evacctl.demo import wait_ready
 from services.evacctl.netns import NetNs, ip, netns_unavailable, spawn_in_netns
 from services.evacctl.observe import ClusterView
@@ -186,15 +186,7 @@ async def test_cut_executor_is_isolated_not_evacuated(cluster: Cluster, view: tu
 
 def _destroyed(stack: Stack, host: str) -> dict[str, float]:
     """uuid → when the executor's isolation response destroyed it (from its log)."""
-    out = {}
-    for line in (stack.workdir / "logs" / f"executor-{host}.log").read_text().splitlines():
-        if not line.startswith("{"):
-            continue
-        rec = json.loads(line)
-        msg = str(rec.get("message", ""))
-        if msg.startswith("isolation: destroyed "):
-            out[msg.split()[2]] = datetime.fromisoformat(rec["time"]).timestamp()
-    return out
+    return destroyed_by_isolation(stack.workdir / "logs" / f"executor-{host}.log")
 
 
 async def test_power_off_isolation_self_fences_and_vms_run_once(
